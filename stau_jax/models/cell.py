@@ -1,0 +1,172 @@
+"""The STAU cell and its ablation variants: one layer at one time step.
+
+Shapes are NHWC: B batch, h x w hidden grid, C hidden channels. The equations
+are those of ../shared/STAU_SPEC.md ("The cell"), which follow the authors'
+PyTorch STAUCell/MAUCell.
+"""
+import math
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Which states each variant's two attentions compare (spec, "Variants"):
+# temporal attention (alpha, over the last tau steps) and spatial attention
+# (beta, over the last theta layers) each take their weights either from the
+# other domain (the STAU "correlation") or from their own domain (Fig. 5).
+#   name               TAM    SAM    alpha from           beta from
+#   stau               yes    yes    s_att . S'           t_spatial . T'
+#   mau                yes    no     s_att . S'           (unused)
+#   stau_no_tam        no     yes    (unused)             t_spatial . T'
+#   stau_s_not_t       yes    yes    t_att . T'           t_spatial . T'
+#   stau_t_not_s       yes    yes    s_att . S'           s_spatial . S'
+#   stau_independent   yes    yes    t_att . T'           s_spatial . S'
+# "s_not_t" reads "S does not supervise T" (Fig. 5a), "t_not_s" reads
+# "T does not supervise S" (Fig. 5b).
+CELLS = ('stau', 'mau', 'stau_no_tam', 'stau_s_not_t', 'stau_t_not_s',
+         'stau_independent')
+
+
+class CellVariant(NamedTuple):
+  """What a cell variant computes (see the table above)."""
+  temporal_attention: bool  # TAM: T_AMI mixes T with attended history.
+  spatial_attention: bool  # SAM: S_AAI mixes S with attended lower layers.
+  alpha_from_spatial: bool  # alpha from s_att . S' (else t_att . T').
+  beta_from_temporal: bool  # beta from t_spatial . T' (else s_spatial . S').
+
+
+VARIANTS = {
+    'stau': CellVariant(True, True, True, True),
+    'mau': CellVariant(True, False, True, True),
+    'stau_no_tam': CellVariant(False, True, True, True),
+    'stau_s_not_t': CellVariant(True, True, False, True),
+    'stau_t_not_s': CellVariant(True, True, True, False),
+    'stau_independent': CellVariant(True, True, False, False),
+}
+
+
+def attention_weights(keys, query, valid=None):
+  """Softmax over entries j of <keys[j], query> / sqrt(h*w*C).
+
+  Args:
+    keys: (N, B, h, w, C) stacked states.
+    query: (B, h, w, C).
+    valid: optional (N,) bool; invalid entries get weight exactly 0.
+
+  Returns:
+    (N, B) weights, one scalar per entry and sample, summing to 1 over N.
+  """
+  dim = math.prod(query.shape[-3:])
+  scores = jnp.einsum('nbhwc,bhwc->nb', keys, query,
+                      preferred_element_type=jnp.float32) / math.sqrt(dim)
+  if valid is not None:
+    scores = jnp.where(valid[:, None], scores, -jnp.inf)
+  return jax.nn.softmax(scores, axis=0)
+
+
+def attend(weights, values):
+  """Weighted sum over entries: (N, B) weights, (N, B, h, w, C) -> (B, h, w, C)."""
+  return jnp.einsum('nb,nbhwc->bhwc', weights.astype(values.dtype), values)
+
+
+class ConvNorm(nn.Module):
+  """Square 'same' conv with bias, then LayerNorm over (h, w, C) jointly.
+
+  The LayerNorm has elementwise scale and bias of shape (h, w, C), as
+  PyTorch's nn.LayerNorm([C, h, w]) (eps 1e-5).
+  """
+  features: int
+  filter_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.features, (self.filter_size, self.filter_size),
+                padding='SAME', dtype=self.dtype, name='conv')(x)
+    return nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1),
+                        feature_axes=(-3, -2, -1), use_fast_variance=False,
+                        dtype=self.dtype, name='norm')(x)
+
+
+class STAUCell(nn.Module):
+  """One STAU (or variant) update: (T, S, histories) -> (T_new, S_new).
+
+  Attributes:
+    num_hidden: C, channels of every state.
+    filter_size: spatial size of the four convolutions.
+    cell: one of CELLS.
+    residual: add the input S to S_new (gamma = 1 in the paper's Table 1).
+  """
+  num_hidden: int
+  filter_size: int
+  cell: str = 'stau'
+  residual: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, temporal, spatial, temporal_history, spatial_history,
+               lower_temporal, lower_spatial, lower_valid=None):
+    """Runs the cell.
+
+    Args:
+      temporal: T_{t-1}^k, (B, h, w, C).
+      spatial: S_t^{k-1}, (B, h, w, C), the input from the layer below.
+      temporal_history: t_att, (tau, B, h, w, C): T_{t-tau..t-1}^k.
+      spatial_history: s_att, (tau, B, h, w, C): S_{t-tau..t-1}^{k-1}.
+      lower_temporal: t_spatial, (theta, B, h, w, C): T_{t-1}^j, j <= k.
+      lower_spatial: s_spatial, (theta, B, h, w, C): S_t^{j-1}, j <= k.
+      lower_valid: optional (theta,) bool marking filled slots of the two
+        lower-layer stacks; empty slots are masked out of beta's softmax.
+
+    Returns:
+      (T_t^k, S_t^k), each (B, h, w, C).
+    """
+    variant = VARIANTS[self.cell]
+    conv = lambda features, name: ConvNorm(  # noqa: E731
+        features, self.filter_size, self.dtype, name=name)
+    spatial_query = conv(self.num_hidden, 'conv_s_next')(spatial)
+    temporal_query = conv(self.num_hidden, 'conv_t_next')(temporal)
+
+    if variant.temporal_attention:
+      if variant.alpha_from_spatial:
+        alpha = attention_weights(spatial_history, spatial_query)
+      else:
+        alpha = attention_weights(temporal_history, temporal_query)
+      self.sow('intermediates', 'alpha', alpha)
+      temporal_gate = nn.sigmoid(temporal_query)
+      self.sow('intermediates', 'F_T', temporal_gate)
+      temporal_trend = attend(alpha, temporal_history)
+      temporal_fused = (temporal_gate * temporal
+                        + (1 - temporal_gate) * temporal_trend)
+    else:
+      temporal_fused = temporal
+
+    if variant.spatial_attention:
+      if variant.beta_from_temporal:
+        beta = attention_weights(lower_temporal, temporal_query, lower_valid)
+      else:
+        beta = attention_weights(lower_spatial, spatial_query, lower_valid)
+      self.sow('intermediates', 'beta', beta)
+      spatial_gate = nn.sigmoid(spatial_query)
+      self.sow('intermediates', 'F_S', spatial_gate)
+      spatial_trend = attend(beta, lower_spatial)
+      spatial_fused = spatial_gate * spatial + (1 - spatial_gate) * spatial_trend
+    else:
+      spatial_fused = spatial
+
+    t_gate, t_to_temporal, t_to_spatial = jnp.split(
+        conv(3 * self.num_hidden, 'conv_t')(temporal_fused), 3, axis=-1)
+    s_gate, s_to_temporal, s_to_spatial = jnp.split(
+        conv(3 * self.num_hidden, 'conv_s')(spatial_fused), 3, axis=-1)
+    temporal_update = nn.sigmoid(t_gate)
+    spatial_update = nn.sigmoid(s_gate)
+    new_temporal = (temporal_update * t_to_temporal
+                    + (1 - temporal_update) * s_to_temporal)
+    new_spatial = (spatial_update * s_to_spatial
+                   + (1 - spatial_update) * t_to_spatial)
+    if self.residual:
+      new_spatial = new_spatial + spatial
+    self.sow('intermediates', 'U_T', temporal_update)
+    self.sow('intermediates', 'U_S', spatial_update)
+    return new_temporal, new_spatial

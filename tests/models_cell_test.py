@@ -1,0 +1,126 @@
+"""Tests for stau_jax.models.cell against the spec's equations written out."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stau_jax.models import cell as cell_lib
+from tests import spec_reference
+
+B, H, W, C, TAU, THETA = 2, 6, 4, 3, 3, 3
+
+
+def _random_inputs(seed):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+  normal = lambda key, shape: jax.random.normal(key, shape)  # noqa: E731
+  return dict(
+      temporal=normal(keys[0], (B, H, W, C)),
+      spatial=normal(keys[1], (B, H, W, C)),
+      temporal_history=normal(keys[2], (TAU, B, H, W, C)),
+      spatial_history=normal(keys[3], (TAU, B, H, W, C)),
+      lower_temporal=normal(keys[4], (THETA, B, H, W, C)),
+      lower_spatial=normal(keys[5], (THETA, B, H, W, C)))
+
+
+def _perturbed_params(module, inputs, seed=0):
+  """Initial parameters with every leaf (LayerNorm scale/bias too) randomized."""
+  params = module.init(jax.random.PRNGKey(seed), **inputs)['params']
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  return jax.tree_util.tree_unflatten(tree, [
+      leaf + 0.2 * jax.random.normal(key, leaf.shape)
+      for leaf, key in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize('variant', cell_lib.CELLS)
+@pytest.mark.parametrize('residual', [False, True])
+@pytest.mark.parametrize('num_valid', [1, 2, THETA])
+def test_cell_matches_spec_equations(variant, residual, num_valid):
+  module = cell_lib.STAUCell(C, 3, variant, residual)
+  inputs = _random_inputs(seed=num_valid)
+  params = _perturbed_params(module, inputs)
+  valid = jnp.arange(THETA) < num_valid
+  new_temporal, new_spatial = module.apply({'params': params}, **inputs,
+                                           lower_valid=valid)
+  expected_temporal, expected_spatial = spec_reference.cell(
+      params, inputs['temporal'], inputs['spatial'],
+      list(inputs['temporal_history']), list(inputs['spatial_history']),
+      list(inputs['lower_temporal'][:num_valid]),
+      list(inputs['lower_spatial'][:num_valid]), variant, residual)
+  np.testing.assert_allclose(new_temporal, expected_temporal, atol=2e-5)
+  np.testing.assert_allclose(new_spatial, expected_spatial, atol=2e-5)
+
+
+# Which inputs each variant must ignore (spec, "Variants the paper measures").
+IGNORED_INPUTS = {
+    'stau': (),
+    'mau': ('lower_temporal', 'lower_spatial'),
+    'stau_no_tam': ('temporal_history', 'spatial_history'),
+    'stau_s_not_t': ('spatial_history',),
+    'stau_t_not_s': ('lower_temporal',),
+    'stau_independent': ('spatial_history', 'lower_temporal'),
+}
+
+
+@pytest.mark.parametrize('variant', cell_lib.CELLS)
+def test_variants_read_exactly_the_inputs_the_spec_says(variant):
+  module = cell_lib.STAUCell(C, 3, variant)
+  inputs = _random_inputs(seed=7)
+  params = _perturbed_params(module, inputs)
+  baseline = module.apply({'params': params}, **inputs)
+  for name in ('temporal_history', 'spatial_history', 'lower_temporal',
+               'lower_spatial'):
+    changed = dict(inputs, **{name: inputs[name] * 3 + 1})
+    outputs = module.apply({'params': params}, **changed)
+    difference = max(float(jnp.abs(a - b).max())
+                     for a, b in zip(outputs, baseline))
+    if name in IGNORED_INPUTS[variant]:
+      assert difference == 0, f'{variant} must ignore {name}'
+    else:
+      assert difference > 1e-4, f'{variant} must read {name}'
+
+
+def test_attention_weights_mask_empty_slots_exactly():
+  keys = jax.random.normal(jax.random.PRNGKey(0), (4, B, H, W, C))
+  query = jax.random.normal(jax.random.PRNGKey(1), (B, H, W, C))
+  valid = jnp.array([True, True, False, False])
+  weights = cell_lib.attention_weights(keys, query, valid)
+  np.testing.assert_array_equal(weights[2:], 0)
+  np.testing.assert_allclose(
+      weights[:2], spec_reference.softmax_weights(list(keys[:2]), query),
+      rtol=1e-6)
+  np.testing.assert_allclose(weights.sum(axis=0), 1, rtol=1e-6)
+
+
+def test_attention_weights_use_sqrt_of_state_size():
+  keys = jnp.stack([jnp.ones((1, H, W, C)), jnp.zeros((1, H, W, C))])
+  weights = cell_lib.attention_weights(keys, jnp.ones((1, H, W, C)))
+  score = H * W * C / np.sqrt(H * W * C)
+  np.testing.assert_allclose(weights[:, 0], [1 / (1 + np.exp(-score)),
+                                             1 / (1 + np.exp(score))],
+                             rtol=1e-5)
+
+
+def test_cell_sows_attention_and_gates_only_on_request():
+  module = cell_lib.STAUCell(C, 3, 'stau')
+  inputs = _random_inputs(seed=3)
+  params = _perturbed_params(module, inputs)
+  _, state = module.apply({'params': params}, **inputs,
+                          mutable=['intermediates'])
+  sown = {name: value[0] for name, value in state['intermediates'].items()}
+  assert sown['alpha'].shape == (TAU, B)
+  assert sown['beta'].shape == (THETA, B)
+  for gate in ('F_T', 'F_S', 'U_T', 'U_S'):
+    assert sown[gate].shape == (B, H, W, C)
+    assert float(sown[gate].min()) >= 0 and float(sown[gate].max()) <= 1
+  _, state = module.apply({'params': params}, **inputs, mutable=[])
+  assert not state
+
+
+def test_mau_sows_no_spatial_attention():
+  module = cell_lib.STAUCell(C, 3, 'mau')
+  inputs = _random_inputs(seed=4)
+  params = _perturbed_params(module, inputs)
+  _, state = module.apply({'params': params}, **inputs,
+                          mutable=['intermediates'])
+  assert set(state['intermediates']) == {'alpha', 'F_T', 'U_T', 'U_S'}

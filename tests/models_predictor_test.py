@@ -1,0 +1,223 @@
+"""Tests for stau_jax.models.predictor: the scanned model against plain loops."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mmnist
+from configs import tiny
+from stau_jax import models
+from tests import spec_reference
+
+
+def _config(**model_overrides):
+  config = tiny.get_config()
+  config.model.update(model_overrides)
+  return config
+
+
+def _perturbed_params(config, seed=0):
+  """Initial parameters with every leaf (LayerNorm scale/bias too) randomized."""
+  params = models.init_params(models.create_model(config), config,
+                              jax.random.PRNGKey(seed))
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  return jax.tree_util.tree_unflatten(tree, [
+      leaf + 0.1 * jax.random.normal(key, leaf.shape)
+      for leaf, key in zip(leaves, keys)])
+
+
+def _frames(config, batch=2, seed=0):
+  height, width = config.data.image_size
+  return jax.random.uniform(
+      jax.random.PRNGKey(seed),
+      (batch, config.data.total_length, height, width, config.data.channels))
+
+
+def _future_mask(config, batch=2, seed=1):
+  """A random 0/1 scheduled-sampling mask per (sequence, future step)."""
+  num_future = config.data.total_length - config.data.input_length - 1
+  mask = jax.random.bernoulli(jax.random.PRNGKey(seed), 0.5,
+                              (batch, num_future, 1, 1, 1))
+  height, width = config.data.image_size
+  return jnp.broadcast_to(mask, (batch, num_future, height, width,
+                                 config.data.channels)).astype(jnp.float32)
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(cell='stau', num_layers=3, tau=2, theta=2),
+    dict(cell='stau', num_layers=2, tau=3, theta=4, residual=True,
+         recall=True),
+    dict(cell='mau', num_layers=3, tau=2, theta=1, residual=True),
+    dict(cell='stau_t_not_s', num_layers=3, tau=1, theta=2, recall=True),
+])
+def test_scan_matches_plain_unrolled_loop(overrides):
+  config = _config(**overrides)
+  params = _perturbed_params(config)
+  frames, mask = _frames(config), _future_mask(config)
+  predictions = models.create_model(config).apply({'params': params}, frames,
+                                                  mask)
+  model = config.model
+  expected = spec_reference.predict(
+      params, frames, mask, num_layers=model.num_layers, tau=model.tau,
+      theta=model.theta, num_downsample=model.num_downsample,
+      input_length=config.data.input_length, variant=model.cell,
+      residual=model.residual, recall=model.recall)
+  assert predictions.shape == frames[:, 1:].shape
+  np.testing.assert_allclose(predictions, expected, atol=1e-5)
+
+
+def test_mmnist_parameter_count_is_the_reference_minus_unused_layers():
+  config = mmnist.get_config()
+  shapes = jax.eval_shape(lambda: models.init_params(
+      models.create_model(config), config, jax.random.PRNGKey(0)))
+  count = sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
+  assert count == 4_483_588 - 8_259 == 4_475_329
+
+
+def _lowered_ops(config, batch=1):
+  """Number of lines (about one op each) of the lowered StableHLO program."""
+  model = models.create_model(config)
+  params = jax.eval_shape(
+      lambda: models.init_params(model, config, jax.random.PRNGKey(0)))
+  frames = jax.ShapeDtypeStruct(_frames(config, batch).shape, jnp.float32)
+  lowered = jax.jit(lambda p, x: model.apply({'params': p}, x)).lower(
+      params, frames)
+  return lowered.as_text().count('\n')
+
+
+def test_program_size_does_not_grow_with_frames_or_layers():
+  short, long_ = _config(), _config()
+  short.data.total_length, long_.data.total_length = 8, 40
+  shallow, deep = _config(num_layers=2), _config(num_layers=16)
+  # Only shapes inside the lines change (e.g. "8" -> "40"), not the program.
+  assert _lowered_ops(long_) == _lowered_ops(short)
+  assert _lowered_ops(deep) == _lowered_ops(shallow)
+
+
+@pytest.fixture(scope='module')
+def tiny_model():
+  config = _config()
+  return config, models.create_model(config), _perturbed_params(config)
+
+
+def test_mask_of_ones_is_teacher_forcing(tiny_model):
+  config, model, params = tiny_model
+  frames = _frames(config)
+  mixed = model.apply({'params': params}, frames, jnp.ones((2, 3, 1, 1, 1)))
+  teacher = models.create_model(_config()).clone(
+      input_length=config.data.total_length - 1)
+  np.testing.assert_allclose(mixed, teacher.apply({'params': params}, frames),
+                             atol=1e-6)
+
+
+def test_zero_mask_ignores_future_frames_and_is_the_default(tiny_model):
+  config, model, params = tiny_model
+  frames = _frames(config)
+  noisy = frames.at[:, config.data.input_length:].set(0.5)
+  default = model.apply({'params': params}, frames)
+  np.testing.assert_array_equal(
+      default, model.apply({'params': params}, noisy, jnp.zeros((2, 3))[
+          ..., None, None, None]))
+  np.testing.assert_array_equal(default,
+                                model.apply({'params': params}, noisy))
+
+
+def test_mask_mixes_per_sequence(tiny_model):
+  config, model, params = tiny_model
+  frames = _frames(config)
+  mask = jnp.array([[1., 1., 1.], [0., 0., 0.]])[..., None, None, None]
+  mixed = model.apply({'params': params}, frames, mask)
+  teacher = model.apply({'params': params}, frames, jnp.ones_like(mask))
+  free = model.apply({'params': params}, frames)
+  np.testing.assert_allclose(mixed[0], teacher[0], atol=1e-6)
+  np.testing.assert_allclose(mixed[1], free[1], atol=1e-6)
+  assert float(jnp.abs(teacher[1] - free[1]).max()) > 1e-4
+
+
+@pytest.mark.parametrize('cell', models.CELLS)
+def test_gradients_are_finite_and_reach_every_parameter(cell):
+  config = _config(cell=cell)
+  params = _perturbed_params(config)
+  model = models.create_model(config)
+  frames = _frames(config)
+
+  def loss(p):
+    return jnp.mean((model.apply({'params': p}, frames) - frames[:, 1:])**2)
+
+  grads = jax.grad(loss)(params)
+  for path, grad in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.all(np.isfinite(grad)), path
+    assert float(jnp.abs(grad).max()) > 0, path
+
+
+def test_intermediates_hold_attention_and_gates(tiny_model):
+  config, model, params = tiny_model
+  frames = _frames(config)
+  predictions, state = model.apply({'params': params}, frames,
+                                   mutable=['intermediates'])
+  np.testing.assert_allclose(predictions,
+                             model.apply({'params': params}, frames), atol=1e-5)
+  sown = state['intermediates']['unroll']['cells']['cell']
+  steps, layers = config.data.total_length - 1, config.model.num_layers
+  alpha, beta = sown['alpha'][0], sown['beta'][0]
+  assert alpha.shape == (steps, layers, config.model.tau, 2)
+  assert beta.shape == (steps, layers, config.model.theta, 2)
+  np.testing.assert_allclose(alpha.sum(axis=2), 1, rtol=1e-5)
+  # Layer 0 sees only its own input: one valid slot of theta.
+  np.testing.assert_array_equal(beta[:, 0, 0], 1)
+  np.testing.assert_array_equal(beta[:, 0, 1:], 0)
+  grid = config.data.image_size[0] // 2**config.model.num_downsample
+  for gate in ('F_T', 'F_S', 'U_T', 'U_S'):
+    assert sown[gate][0].shape == (steps, layers, 2, grid, grid,
+                                   config.model.num_hidden)
+
+
+def test_ring_order_lists_slots_oldest_first():
+  np.testing.assert_array_equal(models.ring_order(step=6, size=5),
+                                [2, 3, 4, 0, 1])  # steps 2..6 live there.
+  np.testing.assert_array_equal(models.ring_order(step=1, size=3), [2, 0, 1])
+
+
+def test_half_precision_is_close_to_float32(tiny_model):
+  config, model, params = tiny_model
+  frames = _frames(config)
+  half = models.create_model(config, dtype=jnp.bfloat16)
+  predictions = half.apply({'params': params}, frames)
+  assert predictions.dtype == jnp.float32
+  np.testing.assert_allclose(predictions, model.apply({'params': params},
+                                                      frames), atol=0.1)
+
+
+def test_patching_follows_the_spec_order():
+  frames = np.arange(4 * 6 * 3).reshape(1, 4, 6, 3).astype(np.float32)
+  patches = models.patch_frames(frames, 2)
+  assert patches.shape == (1, 2, 3, 12)
+  # Patch (0, 1) holds rows 0-1, columns 2-3, flattened as (row, col, c).
+  np.testing.assert_array_equal(
+      patches[0, 0, 1], frames[0, 0:2, 2:4].reshape(-1))
+  np.testing.assert_array_equal(models.unpatch_frames(patches, 2), frames)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('model.cell', 'lstm', 'config.model.cell'),
+    ('model.filter_size', 4, 'filter_size must be odd'),
+    ('model.tau', 0, 'config.model.tau must be a positive integer'),
+    ('model.num_downsample', 5, 'divisible by patch_size'),
+    ('data.image_size', (16, 15), 'Frame size 16x15'),
+    ('data.input_length', 8, 'input_length < config.data.total_length'),
+])
+def test_bad_config_values_are_clear_errors(field, value, message):
+  config = tiny.get_config()
+  group, name = field.split('.')
+  config[group][name] = value
+  with pytest.raises(ValueError, match=message):
+    models.create_model(config)
+
+
+def test_frames_of_the_wrong_shape_are_clear_errors(tiny_model):
+  _, model, params = tiny_model
+  with pytest.raises(ValueError, match='divisible'):
+    model.apply({'params': params}, jnp.zeros((1, 8, 15, 16, 1)))
+  with pytest.raises(ValueError, match='at least input_length'):
+    model.apply({'params': params}, jnp.zeros((1, 4, 16, 16, 1)))
