@@ -1,0 +1,130 @@
+"""The stau_jax export file: model parameters plus the full config, nothing else.
+
+Format (version 1): one msgpack map (flax.serialization) with keys
+  format         'stau_jax.export'
+  version        1
+  config         the experiment ConfigDict as JSON
+  params_sha256  hex SHA-256 of `params`
+  params         msgpack bytes of the parameter pytree (float32 arrays)
+Written by `convert_torch` and by training (`python -m stau_jax.export`);
+read by `predict`, `evaluate` and the notebook. Needs neither torch nor the
+training checkpoint. Files are written atomically (temporary file + rename).
+
+  python -m stau_jax.export --workdir=runs/mmnist [--step=N] --output=FILE
+
+exports a training run's checkpoint (the latest unless --step).
+"""
+import hashlib
+import json
+import os
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+from flax import serialization
+
+from stau_jax import checkpoints
+from stau_jax import models
+
+FORMAT = 'stau_jax.export'
+VERSION = 1
+
+
+class ExportError(ValueError):
+  """An export file that is missing, corrupt or does not fit its config."""
+
+
+def save_export(path, params, config):
+  """Writes `params` and `config` to `path` atomically."""
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+  params_bytes = serialization.msgpack_serialize(
+      serialization.to_state_dict(params))
+  payload = serialization.msgpack_serialize({
+      'format': FORMAT,
+      'version': VERSION,
+      'config': config.to_json(),
+      'params_sha256': hashlib.sha256(params_bytes).hexdigest(),
+      'params': params_bytes,
+  })
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  temporary = f'{path}.tmp-{os.getpid()}'
+  with open(temporary, 'wb') as f:
+    f.write(payload)
+  os.replace(temporary, path)
+
+
+def load_export(path):
+  """Reads an export file; returns (params, config).
+
+  Raises ExportError when the file is missing, not an export file, of an
+  unknown version, corrupt (checksum), or its parameters do not match the
+  model its config describes.
+  """
+  if not os.path.isfile(path):
+    raise ExportError(f'Export file {path!r} does not exist.')
+  with open(path, 'rb') as f:
+    payload = f.read()
+  try:
+    contents = serialization.msgpack_restore(payload)
+  except Exception as e:  # msgpack raises several unrelated types.
+    raise ExportError(f'{path!r} is not a readable stau_jax export file '
+                      f'(truncated or corrupt?): {e}') from e
+  if not isinstance(contents, dict) or contents.get('format') != FORMAT:
+    raise ExportError(f'{path!r} is not a stau_jax export file.')
+  if contents.get('version') != VERSION:
+    raise ExportError(f'{path!r} has export format version '
+                      f'{contents.get("version")}; this stau_jax reads '
+                      f'version {VERSION}.')
+  params_bytes = contents['params']
+  if hashlib.sha256(params_bytes).hexdigest() != contents['params_sha256']:
+    raise ExportError(f'{path!r} is corrupt: its parameter checksum does not '
+                      f'match.')
+  config = ml_collections.ConfigDict(json.loads(contents['config']))
+  params = serialization.msgpack_restore(params_bytes)
+  check_params(params, config, source=path)
+  return params, config
+
+
+def check_params(params, config, source='parameters'):
+  """Raises ExportError unless `params` has exactly the tree and shapes `config`'s model needs."""
+  try:
+    model = models.create_model(config)
+  except ValueError as e:
+    raise ExportError(f'{source}: invalid config: {e}') from e
+  expected = jax.eval_shape(
+      lambda: models.init_params(model, config, jax.random.PRNGKey(0)))
+  expected = {'/'.join(str(k.key) for k in path): leaf.shape for path, leaf
+              in jax.tree_util.tree_flatten_with_path(expected)[0]}
+  actual = {'/'.join(str(k.key) for k in path): np.shape(leaf) for path, leaf
+            in jax.tree_util.tree_flatten_with_path(params)[0]}
+  for name in sorted(expected.keys() | actual.keys()):
+    if expected.get(name) != actual.get(name):
+      raise ExportError(
+          f'{source}: parameter {name!r} has shape {actual.get(name)} but the '
+          f'model of its config expects {expected.get(name)} (None: absent).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  step = flags.FLAGS.step
+  params, config = checkpoints.load_params(flags.FLAGS.workdir,
+                                           None if step < 0 else step)
+  check_params(params, config, source=flags.FLAGS.workdir)
+  save_export(flags.FLAGS.output, params, config)
+  print(f'Wrote {flags.FLAGS.output} ({config.name}, '
+        f'{sum(np.size(x) for x in jax.tree_util.tree_leaves(params))} '
+        f'parameters).')
+
+
+if __name__ == '__main__':
+  # Defined here, not at import: predict and evaluate import this module and
+  # have flags of the same names.
+  flags.DEFINE_string('workdir', None, 'Training run directory.')
+  flags.DEFINE_integer('step', -1, 'Checkpoint step; -1 for the latest.')
+  flags.DEFINE_string('output', None, 'Export file to write.')
+  flags.mark_flags_as_required(['workdir', 'output'])
+  app.run(main)

@@ -1,0 +1,145 @@
+"""Converted reference checkpoints predict the authors' outputs (tests/vectors)."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import mmnist
+from stau_jax import convert_torch
+from stau_jax import export
+from stau_jax import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VECTORS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), 'vectors',
+                                        '*.npz')))
+
+
+def load_vector(path):
+  """Returns (config, state_dict, frames, sampling_mask, predictions)."""
+  data = np.load(path)
+  reference = json.loads(str(data['config_json']))
+  config = mmnist.get_config()
+  config.model.update(
+      cell=reference['model_name'], num_layers=reference['num_layers'],
+      num_hidden=reference['num_hidden'][0],
+      filter_size=reference['filter_size'][0], tau=reference['tau'],
+      theta=reference['tau'],
+      num_downsample=int(np.log2(reference['sr_size'])),
+      patch_size=reference['patch_size'],
+      residual=reference['cell_mode'] == 'residual',
+      recall=reference['model_mode'] == 'recall')
+  config.data.update(
+      image_size=(reference['img_height'], reference['img_width']),
+      channels=reference['img_channel'],
+      input_length=reference['input_length'],
+      total_length=reference['total_length'])
+  prefix = 'state_dict/'
+  state_dict = {k[len(prefix):]: data[k] for k in data.files
+                if k.startswith(prefix)}
+  return (config, state_dict, data['frames'], data['sampling_mask'],
+          data['predictions'])
+
+
+def test_vectors_cover_the_architectures_the_issue_lists():
+  configs = [load_vector(path)[0] for path in VECTORS]
+  covered = {(c.model.cell, c.model.residual, c.model.recall,
+              c.model.patch_size, c.data.channels) for c in configs}
+  assert {cell for cell, *_ in covered} == {'stau', 'mau'}
+  assert {residual for _, residual, *_ in covered} == {False, True}
+  assert {recall for _, _, recall, *_ in covered} == {False, True}
+  assert {patch for *_, patch, _ in covered} == {1, 2}
+  assert {channels for *_, channels in covered} == {1, 3}
+
+
+@pytest.mark.parametrize('path', VECTORS, ids=os.path.basename)
+def test_converted_checkpoint_predicts_the_reference_outputs(path):
+  config, state_dict, frames, mask, expected = load_vector(path)
+  params = convert_torch.convert_state_dict(state_dict, config)
+  predictions = models.create_model(config).apply({'params': params}, frames,
+                                                  mask)
+  np.testing.assert_allclose(predictions, expected, rtol=0, atol=1e-4)
+
+
+@pytest.fixture
+def stau_vector():
+  return load_vector(next(p for p in VECTORS if 'stau_basic' in p))
+
+
+def test_missing_key_names_the_key_and_its_shape(stau_vector):
+  config, state_dict, *_ = stau_vector
+  del state_dict['cell_list.1.conv_s.1.weight']
+  with pytest.raises(ValueError,
+                     match=r"missing key 'cell_list.1.conv_s.1.weight' "
+                     r'\(expected shape \(12, 4, 6\)\)'):
+    convert_torch.convert_state_dict(state_dict, config)
+
+
+def test_wrong_shape_names_the_key_and_both_shapes(stau_vector):
+  config, state_dict, *_ = stau_vector
+  state_dict['decoders.0.c_decoder0.weight'] = np.zeros((4, 4, 5, 5))
+  with pytest.raises(ValueError, match=r"'decoders.0.c_decoder0.weight' has "
+                     r'shape \(4, 4, 5, 5\) but .* expects \(4, 4, 3, 3\)'):
+    convert_torch.convert_state_dict(state_dict, config)
+
+
+def test_keys_of_a_deeper_model_are_an_error(stau_vector):
+  config, state_dict, *_ = stau_vector
+  config.model.num_layers = 2
+  with pytest.raises(ValueError, match=r'keys the config.s model does not: '
+                     r"\['cell_list.2.conv_s.0.bias'"):
+    convert_torch.convert_state_dict(state_dict, config)
+
+
+def test_unused_reference_layers_and_data_parallel_prefix_are_accepted(
+    stau_vector):
+  config, state_dict, *_ = stau_vector
+  assert {'merge.weight', 'conv_last_sr.weight'} <= state_dict.keys()
+  wrapped = {f'module.{k}': v for k, v in state_dict.items()}
+  params = convert_torch.convert_state_dict(wrapped, config)
+  count = sum(v.size for k, v in state_dict.items()
+              if not k.startswith(convert_torch.UNUSED_PREFIXES))
+  assert count == sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
+
+
+def test_layer_norm_and_conv_layouts_are_transposed(stau_vector):
+  config, state_dict, *_ = stau_vector
+  params = convert_torch.convert_state_dict(state_dict, config)
+  cells = params['unroll']['cells']['cell']
+  # PyTorch LayerNorm weight (C, h, w) -> (h, w, C); conv OIHW -> HWIO.
+  np.testing.assert_array_equal(
+      cells['conv_t']['norm']['scale'][2],
+      state_dict['cell_list.2.conv_t.1.weight'].transpose(1, 2, 0))
+  np.testing.assert_array_equal(
+      cells['conv_s_next']['conv']['kernel'][0],
+      state_dict['cell_list.0.conv_s_next.0.weight'].transpose(2, 3, 1, 0))
+
+
+def test_conversion_writes_an_export_file_that_predicts_like_the_reference(
+    stau_vector, tmp_path, monkeypatch):
+  config, state_dict, frames, mask, expected = stau_vector
+  monkeypatch.setattr(convert_torch, 'load_torch_state_dict',
+                      lambda path: state_dict if path == 'ref.ckpt' else None)
+  output = str(tmp_path / 'stau.export')
+  convert_torch.convert_checkpoint('ref.ckpt', config, output)
+  params, loaded_config = export.load_export(output)
+  assert loaded_config.model.to_dict() == config.model.to_dict()
+  predictions = models.create_model(loaded_config).apply({'params': params},
+                                                         frames, mask)
+  np.testing.assert_allclose(predictions, expected, atol=1e-4)
+
+
+def test_cli_without_torch_says_how_to_install_it(tmp_path):
+  script = ("import sys; sys.modules['torch'] = None; "
+            "from stau_jax import convert_torch; convert_torch.define_flags(); "
+            "from absl import app; app.run(convert_torch.main)")
+  result = subprocess.run(
+      [sys.executable, '-c', script, '--checkpoint=model.ckpt-1',
+       f'--output={tmp_path / "x.export"}', '--config=configs/tiny.py'],
+      cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode != 0
+  assert 'pip install -e ".[torch]"' in result.stderr
