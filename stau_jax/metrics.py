@@ -1,0 +1,235 @@
+# Copyright 2024 The stau_jax Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Video-prediction metrics following the STAU evaluation protocol.
+
+All metrics take `predictions` and `targets` of shape (B, T, H, W, C) with
+values in [0, 1] and return per sequence-frame values of shape (B, T).
+Predictions are clipped to [0, 1] before any metric is computed; targets are
+used as given.
+
+Metric names used by `compute_metrics` and the accumulator helpers:
+
+* 'mse': sum of squared errors over a frame's H*W*C values ("MSE/frame").
+* 'mae': sum of absolute errors over a frame's H*W*C values ("MAE/frame").
+* 'psnr': 10 * log10(1 / mean squared error of the frame), in dB.
+* 'ssim': SSIM with data_range=2.0, the number reported by the paper (the
+  authors called `compare_ssim(x, gx, multichannel=True)` on [0, 1] floats,
+  whose old default data_range for float input was 2.0).
+* 'ssim_dr1': SSIM with data_range=1.0, the conventional value for [0, 1]
+  images.
+
+Evaluation over a dataset is a pure fold:
+
+  sums = None
+  for batch in batches:
+    s = batch_sums(pred, target, valid=batch_valid_mask)
+    sums = s if sums is None else merge_sums(sums, s)
+  result = finalize(sums)
+  print(format_table(result))
+"""
+
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METRIC_NAMES = ('mse', 'mae', 'psnr', 'ssim', 'ssim_dr1')
+
+# Floor on the per-frame mean squared error inside `psnr`, so a perfect
+# prediction yields 10 * log10(1e10) = 100 dB instead of +inf.
+PSNR_MIN_MSE = 1e-10
+
+_FRAME_AXES = (2, 3, 4)
+
+
+def _clip(predictions: jax.Array) -> jax.Array:
+  return jnp.clip(predictions, 0.0, 1.0)
+
+
+@jax.jit
+def mse_per_frame(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+  """Sum of squared errors over each frame: (B, T, H, W, C) x 2 -> (B, T)."""
+  diff = _clip(predictions) - targets
+  return jnp.sum(jnp.square(diff), axis=_FRAME_AXES)
+
+
+@jax.jit
+def mae_per_frame(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+  """Sum of absolute errors over each frame: (B, T, H, W, C) x 2 -> (B, T)."""
+  diff = _clip(predictions) - targets
+  return jnp.sum(jnp.abs(diff), axis=_FRAME_AXES)
+
+
+@jax.jit
+def psnr(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+  """PSNR in dB for peak value 1: (B, T, H, W, C) x 2 -> (B, T).
+
+  The per-frame mean squared error is floored at `PSNR_MIN_MSE`, so identical
+  frames give a finite 100 dB.
+  """
+  diff = _clip(predictions) - targets
+  mse = jnp.mean(jnp.square(diff), axis=_FRAME_AXES)
+  return -10.0 * jnp.log10(jnp.maximum(mse, PSNR_MIN_MSE))
+
+
+def _box_mean(x: jax.Array, win_size: int) -> jax.Array:
+  """Separable win_size x win_size mean over axes (H, W) with VALID padding."""
+  for window in ((1, 1, win_size, 1, 1), (1, 1, 1, win_size, 1)):
+    x = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, (1,) * 5, 'VALID')
+  return x / (win_size * win_size)
+
+
+@functools.partial(jax.jit, static_argnames=('win_size',))
+def ssim(
+    predictions: jax.Array,
+    targets: jax.Array,
+    data_range: float = 2.0,
+    win_size: int = 7,
+) -> jax.Array:
+  """Mean SSIM per frame: (B, T, H, W, C) x 2 -> (B, T).
+
+  Equals `skimage.metrics.structural_similarity(p, t, win_size=win_size,
+  data_range=data_range, channel_axis=-1)` on each (H, W, C) frame: uniform
+  window, K1=0.01, K2=0.03, sample covariance (N / (N - 1) correction), and
+  the mean over the region skimage keeps after cropping (win_size - 1) // 2
+  pixels per border, which is exactly the set of VALID window positions; then
+  the mean over channels.
+
+  Args:
+    predictions: predicted frames, clipped to [0, 1] here.
+    targets: ground-truth frames.
+    data_range: dynamic range L in C1 = (K1 L)^2, C2 = (K2 L)^2. The paper
+      protocol used 2.0; 1.0 is the conventional value for [0, 1] images.
+    win_size: odd side length of the window; H and W must be >= win_size.
+
+  Returns:
+    SSIM of shape (B, T).
+  """
+  x = _clip(predictions).astype(jnp.float32)
+  y = targets.astype(jnp.float32)
+  # Covariances are shift invariant; remove each frame's mean before forming
+  # second moments to limit float32 cancellation in E[xy] - E[x]E[y].
+  x_c = x - jnp.mean(x, axis=(2, 3), keepdims=True)
+  y_c = y - jnp.mean(y, axis=(2, 3), keepdims=True)
+  mu_x = _box_mean(x, win_size)
+  mu_y = _box_mean(y, win_size)
+  mu_xc = _box_mean(x_c, win_size)
+  mu_yc = _box_mean(y_c, win_size)
+  cov_norm = win_size * win_size / (win_size * win_size - 1.0)
+  var_x = cov_norm * (_box_mean(x_c * x_c, win_size) - mu_xc * mu_xc)
+  var_y = cov_norm * (_box_mean(y_c * y_c, win_size) - mu_yc * mu_yc)
+  cov_xy = cov_norm * (_box_mean(x_c * y_c, win_size) - mu_xc * mu_yc)
+  c1 = (0.01 * data_range) ** 2
+  c2 = (0.03 * data_range) ** 2
+  numerator = (2.0 * mu_x * mu_y + c1) * (2.0 * cov_xy + c2)
+  denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+  return jnp.mean(numerator / denominator, axis=_FRAME_AXES)
+
+
+@jax.jit
+def compute_metrics(
+    predictions: jax.Array, targets: jax.Array
+) -> dict[str, jax.Array]:
+  """All metrics per frame: (B, T, H, W, C) x 2 -> {name: (B, T)}.
+
+  Keys: 'mse' and 'mae' (per-frame sums), 'psnr' (dB), 'ssim' (data_range
+  2.0, paper protocol) and 'ssim_dr1' (data_range 1.0). See module docstring.
+  """
+  return {
+      'mse': mse_per_frame(predictions, targets),
+      'mae': mae_per_frame(predictions, targets),
+      'psnr': psnr(predictions, targets),
+      'ssim': ssim(predictions, targets, data_range=2.0),
+      'ssim_dr1': ssim(predictions, targets, data_range=1.0),
+  }
+
+
+@jax.jit
+def batch_sums(
+    predictions: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+  """Per-frame metric sums over the valid examples of a batch.
+
+  Args:
+    predictions: (B, T, H, W, C) predicted frames.
+    targets: (B, T, H, W, C) ground-truth frames.
+    valid: optional (B,) boolean mask; False marks padded examples, which
+      contribute nothing (not even NaNs). Defaults to all True.
+
+  Returns:
+    {name: (T,) sum over valid examples} for each of `METRIC_NAMES`, plus
+    'count': scalar float32 number of valid examples.
+  """
+  metrics = compute_metrics(predictions, targets)
+  if valid is None:
+    valid = jnp.ones(predictions.shape[:1], dtype=bool)
+  mask = valid.astype(bool)[:, None]
+  sums = {
+      name: jnp.sum(jnp.where(mask, value, 0.0), axis=0)
+      for name, value in metrics.items()
+  }
+  sums['count'] = jnp.sum(valid.astype(jnp.float32))
+  return sums
+
+
+def merge_sums(
+    a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]
+) -> dict[str, jax.Array]:
+  """Adds two `batch_sums` results key by key."""
+  return {name: a[name] + b[name] for name in a}
+
+
+def finalize(sums: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  """Turns accumulated sums into per-frame and overall means.
+
+  Args:
+    sums: output of `batch_sums` / `merge_sums`.
+
+  Returns:
+    {'per_frame': {name: list of T floats}, 'mean': {name: float},
+     'count': int}. The overall mean is the mean of the per-frame means
+    (every frame has the same count, so it is also the mean over all frames).
+
+  Raises:
+    ValueError: if no valid example was accumulated.
+  """
+  count = float(np.asarray(sums['count']))
+  if count <= 0:
+    raise ValueError('finalize() needs at least one valid example.')
+  per_frame = {
+      name: (np.asarray(sums[name], dtype=np.float64) / count).tolist()
+      for name in METRIC_NAMES
+  }
+  mean = {name: float(np.mean(values)) for name, values in per_frame.items()}
+  return {'per_frame': per_frame, 'mean': mean, 'count': int(round(count))}
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+  """Formats `finalize` output as a per-frame table plus an averages row."""
+  names = list(result['per_frame'])
+  header = f"{'frame':>6}" + ''.join(f'{name:>12}' for name in names)
+  num_frames = len(result['per_frame'][names[0]])
+  lines = [header, '-' * len(header)]
+  for t in range(num_frames):
+    row = ''.join(f"{result['per_frame'][name][t]:12.4f}" for name in names)
+    lines.append(f'{t + 1:>6}' + row)
+  lines.append('-' * len(header))
+  row = ''.join(f"{result['mean'][name]:12.4f}" for name in names)
+  lines.append(f"{'mean':>6}" + row)
+  return '\n'.join(lines)
