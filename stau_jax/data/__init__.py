@@ -1,0 +1,215 @@
+"""Input pipelines: Moving MNIST and the paper's real-video datasets.
+
+Entry points used by the training loop (importable without TensorFlow):
+
+* `create_train_iterator(config, ...)`: endless, resumable iterator of
+  float32 (num_devices, per_device_batch, T, H, W, C) batches in [0, 1].
+* `create_test_iterator(config, batch_size=None)`: one deterministic pass over
+  the test set as dicts {'frames': float32 (B, T_test, H, W, C), 'valid': bool
+  (B,)}; the last batch is zero-padded to B and `valid` marks its real rows.
+* `validate_data_config(config, ...)`: raises ValueError for bad settings
+  before training starts.
+
+Moving MNIST is pure numpy (it runs without TensorFlow); the real-video
+datasets ('kitti', 'towncentre', 'sthsth') are tf.data pipelines.
+"""
+import os
+
+from absl import logging
+import numpy as np
+
+from stau_jax.data import mnist_digits
+from stau_jax.data import moving_mnist
+from stau_jax.data import pipeline
+
+VIDEO_DATASETS = ('kitti', 'towncentre', 'sthsth')
+DATASETS = ('moving_mnist',) + VIDEO_DATASETS
+DIGIT_SOURCES = ('auto', 'tfds', 'bundled')
+
+
+def eval_total_length(config):
+  """Frames per test sequence: data.test_total_length, or total_length when 0."""
+  return config.data.get('test_total_length') or config.data.total_length
+
+
+def _local_device_count():
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.local_device_count()
+
+
+def validate_data_config(config, num_devices=None, process_count=1):
+  """Raises ValueError naming the bad value and what is expected.
+
+  Checks the dataset name, frame sizes against patch_size * 2**num_downsample,
+  sequence lengths, batch divisibility by devices and hosts, and (for the
+  real-video datasets and .npy test sets) that the input paths exist.
+  """
+  data = config.data
+  if data.dataset not in DATASETS:
+    raise ValueError(f'config.data.dataset={data.dataset!r} is not one of '
+                     f'{DATASETS}')
+  image_size = tuple(data.image_size)
+  if len(image_size) != 2 or min(image_size) <= 0:
+    raise ValueError(f'config.data.image_size={image_size} must be (height, '
+                     'width) with positive sizes')
+  patch_size = config.model.patch_size
+  num_downsample = config.model.num_downsample
+  factor = patch_size * 2**num_downsample
+  if image_size[0] % factor or image_size[1] % factor:
+    raise ValueError(
+        f'config.data.image_size={image_size} is not divisible by '
+        f'model.patch_size * 2**model.num_downsample = {patch_size} * '
+        f'2**{num_downsample} = {factor}; use sizes that are multiples of '
+        f'{factor}.')
+  if not 0 < data.input_length < data.total_length:
+    raise ValueError(
+        f'config.data.input_length={data.input_length} must be positive and '
+        f'smaller than total_length={data.total_length}')
+  if eval_total_length(config) <= data.input_length:
+    raise ValueError(
+        f'config.data.test_total_length={eval_total_length(config)} must be '
+        f'larger than input_length={data.input_length}')
+  num_devices = num_devices or _local_device_count()
+  for name in ('batch_size', 'eval_batch_size'):
+    value = config[name]
+    if value <= 0 or value % (num_devices * process_count):
+      raise ValueError(
+          f'config.{name}={value} is not divisible by num_devices * '
+          f'process_count = {num_devices} * {process_count}; use a positive '
+          f'multiple of {num_devices * process_count}.')
+  if data.dataset == 'moving_mnist':
+    _validate_moving_mnist(config)
+  else:
+    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
+    video.validate(config)
+
+
+def _validate_moving_mnist(config):
+  data = config.data
+  if data.channels != 1:
+    raise ValueError(f'config.data.channels={data.channels}: Moving MNIST '
+                     'frames have 1 channel')
+  if data.num_digits < 1:
+    raise ValueError(f'config.data.num_digits={data.num_digits} must be >= 1')
+  if data.digits not in DIGIT_SOURCES:
+    raise ValueError(f'config.data.digits={data.digits!r} is not one of '
+                     f'{DIGIT_SOURCES}')
+  if data.test_set not in ('official', 'generated'):
+    path = data.test_set
+    if not path.endswith('.npy'):
+      raise ValueError(
+          f"config.data.test_set={path!r} must be 'official', 'generated' or "
+          'the path of an .npy file in the official layout uint8 (20, N, 64, '
+          '64)')
+    if not os.path.exists(path):
+      raise ValueError(f'config.data.test_set: file {path} does not exist')
+    moving_mnist.load_official_npy(path)
+  if data.test_set != 'generated':
+    if tuple(data.image_size) != (64, 64):
+      raise ValueError(
+          f'config.data.image_size={tuple(data.image_size)}: the official '
+          'Moving MNIST test set is 64x64; use (64, 64) or test_set='
+          "'generated'")
+    if eval_total_length(config) > 20:
+      raise ValueError(
+          f'test_total_length={eval_total_length(config)}: the official '
+          'Moving MNIST test set has 20 frames per sequence')
+
+
+def _digit_bank(config, split):
+  """uint8 digits (N, s, s) of `split`, resized for the canvas."""
+  digits, _ = mnist_digits.load_digits(config.data.digits, split,
+                                       config.data.data_dir)
+  size = moving_mnist.digit_size_for(tuple(config.data.image_size))
+  return mnist_digits.resize_digits(digits, size)
+
+
+def create_train_iterator(config, *, seed=None, num_devices=None,
+                          start_step=0, process_index=0, process_count=1,
+                          patch_size=1):
+  """Endless iterator of training batches, split over local devices.
+
+  Args:
+    config: experiment config (see configs/mmnist.py).
+    seed: stream seed; defaults to config.seed.
+    num_devices: local devices; defaults to jax.local_device_count().
+    start_step: first batch yielded; the stream from step k equals the
+      uninterrupted stream's batches k, k + 1, ... (checkpoint resume).
+    process_index: this host's index; each host draws its own shard.
+    process_count: number of hosts; config.batch_size is the global batch.
+    patch_size: opt-in space-to-depth of the frames (the model patches frames
+      itself, so training uses the default 1).
+
+  Returns:
+    Iterator of float32 arrays (num_devices, batch_size // (num_devices *
+    process_count), T, H, W, C * patch_size**2) in [0, 1].
+  """
+  num_devices = num_devices or _local_device_count()
+  validate_data_config(config, num_devices, process_count)
+  seed = config.seed if seed is None else seed
+  host_batch = config.batch_size // process_count
+  data = config.data
+  if data.dataset != 'moving_mnist':
+    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
+    return video.create_train_iterator(
+        config, seed=seed, num_devices=num_devices, start_step=start_step,
+        process_index=process_index, process_count=process_count,
+        patch_size=patch_size)
+  bank = _digit_bank(config, 'train')
+  batches = moving_mnist.train_batches(
+      bank, seed=seed, batch_size=host_batch, num_digits=data.num_digits,
+      total_length=data.total_length, image_size=tuple(data.image_size),
+      start_step=start_step, process_index=process_index)
+  return (pipeline.split_for_devices(
+      pipeline.space_to_depth(batch, patch_size), num_devices)
+          for batch in batches)
+
+
+def _moving_mnist_test_chunks(config):
+  """uint8 (n, T, H, W) chunks of the configured Moving MNIST test set."""
+  data = config.data
+  length = eval_total_length(config)
+  if data.test_set == 'generated':
+    bank = _digit_bank(config, 'heldout')
+    logging.info('Generated Moving MNIST test set: %d sequences, seed %d.',
+                 data.num_test_sequences, data.get('test_seed', 1234))
+    return moving_mnist.generated_test_set(
+        bank, seed=data.get('test_seed', 1234),
+        num_sequences=data.num_test_sequences, num_digits=data.num_digits,
+        total_length=length, image_size=tuple(data.image_size))
+  if data.test_set == 'official':
+    return moving_mnist.official_tfds_chunks(data.data_dir, length)
+  return moving_mnist.official_npy_chunks(data.test_set, length)
+
+
+def create_test_iterator(config, batch_size=None, *, patch_size=1):
+  """One deterministic pass over the test set.
+
+  Args:
+    config: experiment config.
+    batch_size: sequences per batch; defaults to config.eval_batch_size.
+    patch_size: opt-in space-to-depth, as in `create_train_iterator`.
+
+  Returns:
+    Iterator of {'frames': float32 (B, T_test, H, W, C) in [0, 1], 'valid':
+    bool (B,)}. Settings are checked before it is returned.
+    Every batch has B rows; the last one is zero-padded and `valid` is False
+    on its padding rows (count real sequences with valid.sum()).
+  """
+  batch_size = batch_size or config.eval_batch_size
+  validate_data_config(config, num_devices=1)
+  if config.data.dataset != 'moving_mnist':
+    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
+    return video.create_test_iterator(config, batch_size,
+                                      patch_size=patch_size)
+  chunks = _moving_mnist_test_chunks(config)
+  return ({'frames': pipeline.space_to_depth(moving_mnist.to_float(frames),
+                                             patch_size),
+           'valid': valid}
+          for frames, valid in pipeline.padded_batches(chunks, batch_size))
+
+
+def create_test_arrays(config):
+  """The whole test set as float32 (N, T_test, H, W, C); small sets only."""
+  batches = [b['frames'][b['valid']] for b in create_test_iterator(config)]
+  return np.concatenate(batches)

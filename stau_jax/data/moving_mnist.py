@@ -1,0 +1,260 @@
+"""Moving MNIST: the endless training stream and the test sets.
+
+The generator follows the original script (Srivastava et al. 2015, as used by
+ConvLSTM-PyTorch and the paper): each digit starts at a uniform position in
+the free part of the canvas with a uniform direction, moves 0.1 of the free
+canvas per frame (the position is advanced before the first frame is drawn),
+bounces off the edges, and digits are merged by a per-pixel max; frames are
+uint8 / 255. On a 64x64 canvas digits are 28x28; other canvas sizes scale the
+digits by the same 28/64 share.
+
+Everything is batched numpy, so it runs where TensorFlow is not installed;
+`tf_dataset` wraps the same generator in tf.data when TensorFlow is present.
+Training batch `k` is a pure function of (seed, process_index, k), which makes
+the stream resumable from any step.
+"""
+import queue
+import threading
+
+import numpy as np
+
+STEP_LENGTH = 0.1
+TEST_CHUNK = 100  # Sequences drawn per seed in the generated test set.
+
+
+def digit_size_for(image_size):
+  """Digit side for a canvas (H, W): 28 on 64x64, scaled otherwise."""
+  return max(1, round(28 * min(image_size) / 64))
+
+
+def trajectories(rng, shape, total_length, step_length=STEP_LENGTH):
+  """Bouncing positions of the original generator, as fractions in [0, 1].
+
+  Args:
+    rng: numpy Generator.
+    shape: leading shape, e.g. (batch, num_digits).
+    total_length: number of frames T.
+    step_length: displacement per frame as a fraction of the free canvas.
+
+  Returns:
+    (y, x), each float64 of shape shape + (T,), in [0, 1].
+  """
+  y = rng.random(shape)
+  x = rng.random(shape)
+  theta = rng.random(shape) * 2 * np.pi
+  velocity_y = np.sin(theta)
+  velocity_x = np.cos(theta)
+  ys = np.empty(shape + (total_length,))
+  xs = np.empty(shape + (total_length,))
+  for t in range(total_length):
+    y = y + velocity_y * step_length
+    x = x + velocity_x * step_length
+    velocity_y = np.where((y <= 0) | (y >= 1), -velocity_y, velocity_y)
+    velocity_x = np.where((x <= 0) | (x >= 1), -velocity_x, velocity_x)
+    y = np.clip(y, 0.0, 1.0)
+    x = np.clip(x, 0.0, 1.0)
+    ys[..., t] = y
+    xs[..., t] = x
+  return ys, xs
+
+
+def render(digits, tops, lefts, image_size):
+  """Draws digits onto blank canvases, merging overlaps by per-pixel max.
+
+  Args:
+    digits: uint8 (B, D, s, s), the digit images of every sequence.
+    tops: int (B, D, T) top rows of the digits.
+    lefts: int (B, D, T) left columns of the digits.
+    image_size: canvas (H, W).
+
+  Returns:
+    uint8 (B, T, H, W).
+  """
+  batch, num_digits, size, _ = digits.shape
+  total_length = tops.shape[-1]
+  height, width = image_size
+  canvas = np.zeros(batch * total_length * height * width, np.uint8)
+  frame_offsets = np.arange(batch * total_length).reshape(
+      batch, total_length) * (height * width)
+  patch_offsets = (np.arange(size)[:, None] * width + np.arange(size)[None, :])
+  for d in range(num_digits):
+    corner = frame_offsets + tops[:, d] * width + lefts[:, d]  # (B, T)
+    index = corner[:, :, None, None] + patch_offsets  # (B, T, s, s)
+    pixels = np.broadcast_to(digits[:, d, None], index.shape)
+    canvas[index] = np.maximum(canvas[index], pixels)
+  return canvas.reshape(batch, total_length, height, width)
+
+
+def generate(rng, digit_bank, batch_size, num_digits, total_length,
+             image_size=(64, 64)):
+  """Draws a batch of Moving MNIST sequences.
+
+  Args:
+    rng: numpy Generator.
+    digit_bank: uint8 (N, s, s) digits, already at the canvas' digit size.
+    batch_size: number of sequences B.
+    num_digits: digits per sequence D.
+    total_length: frames per sequence T.
+    image_size: canvas (H, W).
+
+  Returns:
+    uint8 (B, T, H, W) frames (divide by 255 for [0, 1]).
+  """
+  size = digit_bank.shape[-1]
+  height, width = image_size
+  if size > min(height, width):
+    raise ValueError(f'digits of {size}x{size} do not fit a {image_size} canvas')
+  choice = rng.integers(0, len(digit_bank), (batch_size, num_digits))
+  ys, xs = trajectories(rng, (batch_size, num_digits), total_length)
+  tops = (ys * (height - size)).astype(np.int64)
+  lefts = (xs * (width - size)).astype(np.int64)
+  return render(digit_bank[choice], tops, lefts, image_size)
+
+
+def to_float(frames):
+  """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1]."""
+  return (frames.astype(np.float32) * np.float32(1 / 255))[..., None]
+
+
+def train_batch(digit_bank, step, *, seed, process_index, batch_size,
+                num_digits, total_length, image_size):
+  """Training batch number `step`: float32 (B, T, H, W, 1), a pure function of
+  (seed, process_index, step) for a given digit bank."""
+  rng = np.random.default_rng([seed, process_index, step])
+  return to_float(generate(rng, digit_bank, batch_size, num_digits,
+                           total_length, image_size))
+
+
+def train_batches(digit_bank, *, seed, batch_size, num_digits, total_length,
+                  image_size, start_step=0, process_index=0, prefetch=2):
+  """Endless iterator of training batches float32 (B, T, H, W, 1).
+
+  Batches are made `prefetch` ahead on a background thread (numpy releases
+  the GIL in its kernels, so this overlaps with the training step).
+  """
+  def make(step):
+    return train_batch(
+        digit_bank, step, seed=seed, process_index=process_index,
+        batch_size=batch_size, num_digits=num_digits,
+        total_length=total_length, image_size=image_size)
+
+  if prefetch <= 0:
+    step = start_step
+    while True:
+      yield make(step)
+      step += 1
+  yield from _threaded(make, start_step, prefetch)
+
+
+def _threaded(make, start_step, depth):
+  """Yields make(start_step), make(start_step + 1), ... built on a thread."""
+  buffer = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def worker():
+    step = start_step
+    while not stop.is_set():
+      batch = make(step)
+      while not stop.is_set():
+        try:
+          buffer.put(batch, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      step += 1
+
+  thread = threading.Thread(target=worker, daemon=True)
+  thread.start()
+  try:
+    while True:
+      yield buffer.get()
+  finally:
+    stop.set()
+
+
+def tf_dataset(digit_bank, *, seed, batch_size, num_digits, total_length,
+               image_size, start_step=0, process_index=0):
+  """The training stream as a tf.data.Dataset of float32 (B, T, H, W, 1).
+
+  Same batches as `train_batches`; for pipelines that want tf.data's
+  prefetching. Requires TensorFlow.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  height, width = image_size
+
+  def make(step):
+    return train_batch(
+        digit_bank, int(step), seed=seed, process_index=process_index,
+        batch_size=batch_size, num_digits=num_digits,
+        total_length=total_length, image_size=image_size)
+
+  steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+  dataset = steps.map(
+      lambda step: tf.numpy_function(make, [step], tf.float32),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  dataset = dataset.map(lambda frames: tf.ensure_shape(
+      frames, (batch_size, total_length, height, width, 1)))
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def generated_test_set(digit_bank, *, seed, num_sequences, num_digits,
+                       total_length, image_size):
+  """Yields the fixed generated test set in chunks of uint8 (n, T, H, W).
+
+  Chunk c holds sequences [c * 100, (c + 1) * 100) drawn with seed (seed, c),
+  so the set does not depend on the evaluation batch size.
+  """
+  for chunk, start in enumerate(range(0, num_sequences, TEST_CHUNK)):
+    count = min(TEST_CHUNK, num_sequences - start)
+    rng = np.random.default_rng([seed, chunk])
+    yield generate(rng, digit_bank, count, num_digits, total_length, image_size)
+
+
+def load_official_npy(path):
+  """Memory-maps the official mnist_test_seq.npy: uint8 (20, N, 64, 64)."""
+  try:
+    array = np.load(path, mmap_mode='r')
+  except (OSError, ValueError) as error:
+    raise ValueError(f'{path}: cannot read as a .npy array ({error})') from error
+  if array.dtype != np.uint8 or array.ndim != 4 or array.shape[2:] != (64, 64):
+    raise ValueError(
+        f'{path}: expected the official Moving MNIST layout uint8 (20, N, 64, '
+        f'64) (time, sequence, height, width), got {array.dtype} {array.shape}')
+  return array
+
+
+def official_npy_chunks(path, total_length, chunk=TEST_CHUNK):
+  """Yields uint8 (n, T, 64, 64) chunks of an official-layout .npy file."""
+  array = load_official_npy(path)
+  if total_length > array.shape[0]:
+    raise ValueError(f'{path}: has {array.shape[0]} frames per sequence, the '
+                     f'config needs total_length={total_length}')
+  for start in range(0, array.shape[1], chunk):
+    yield np.ascontiguousarray(
+        array[:total_length, start:start + chunk].transpose(1, 0, 2, 3))
+
+
+def official_tfds_chunks(data_dir, total_length, chunk=TEST_CHUNK):
+  """Yields uint8 (n, T, 64, 64) chunks of TFDS `moving_mnist` (test split).
+
+  Needs TensorFlow; downloads the set only when it is not prepared and the
+  network is reachable.
+  """
+  from stau_jax.data import mnist_digits  # pylint: disable=g-import-not-at-top
+  if not mnist_digits.tensorflow_available():
+    raise ImportError("config.data.test_set='official' reads TFDS "
+                      'moving_mnist, which needs TensorFlow; pass the path of '
+                      'mnist_test_seq.npy instead.')
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder('moving_mnist', data_dir=data_dir or None)
+  if not builder.data_path.exists():
+    if not mnist_digits.network_available():
+      raise FileNotFoundError(
+          f'TFDS moving_mnist is not prepared in {builder.data_dir} and there '
+          'is no network; set config.data.test_set to the path of '
+          'mnist_test_seq.npy (from http://www.cs.toronto.edu/~nitish/'
+          'unsupervised_video/).')
+    builder.download_and_prepare()
+  dataset = builder.as_dataset(split='test').batch(chunk)
+  for example in tfds.as_numpy(dataset):
+    yield example['image_sequence'][:, :total_length, ..., 0]

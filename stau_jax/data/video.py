@@ -1,0 +1,509 @@
+"""tf.data pipelines for the paper's real-video datasets.
+
+Layouts read (paths in config.data are joined to config.data.data_dir when
+relative):
+
+* 'kitti' (KITTI train / Caltech Pedestrian test): PredNet's preprocessed
+  arrays, frames (N, H, W, C) uint8 in .npy/.npz/.hkl (X_train.hkl) plus a
+  sources list (sources_train.hkl, N strings) naming each frame's clip; or a
+  folder of per-clip image folders. Windows never cross a clip boundary;
+  training takes every window (stride 1), testing consecutive disjoint ones.
+* 'towncentre': one video file or one folder of frames; the first
+  `num_train_frames` (4,000) train, the last `num_test_frames` (3,500) test.
+* 'sthsth' (Something-Something v2): a folder of <id>.webm videos or of <id>/
+  frame folders, the split's JSON list ({"id", "template", ...}) and the
+  labels JSON (template -> index). Every clip is sampled uniformly down to
+  total_length (20) frames and carries its label.
+
+Frames are center-cropped to the target aspect ratio, resized to
+config.data.image_size and scaled to [0, 1]. Image folders are decoded by
+tf.data in parallel; .hkl needs the hickle package and video files need
+PyAV (`pip install av`) or OpenCV (`pip install opencv-python`).
+TensorFlow is imported only when a pipeline is built.
+"""
+import dataclasses
+import glob
+import importlib.util
+import json
+import os
+
+from absl import logging
+import numpy as np
+
+from stau_jax.data import pipeline
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
+VIDEO_EXTENSIONS = ('.avi', '.mp4', '.webm', '.mkv', '.mov', '.mpg')
+ARRAY_EXTENSIONS = ('.npy', '.npz', '.hkl')
+
+
+@dataclasses.dataclass
+class Frames:
+  """A flat sequence of frames split into clips.
+
+  Exactly one of `array` (N, H, W, C) uint8 and `paths` (N image files) is
+  set; `clip_lengths` sums to N and clips are stored back to back. `videos`
+  replaces both when every clip is a video file decoded on demand.
+  """
+  name: str
+  clip_lengths: np.ndarray
+  array: np.ndarray | None = None
+  paths: list[str] | None = None
+  videos: list[str] | None = None
+
+
+def _resolve(config, field):
+  """config.data.<field> as a path, joined to data_dir when relative."""
+  value = config.data.get(field) or ''
+  if value and not os.path.isabs(value) and config.data.get('data_dir'):
+    value = os.path.join(config.data.data_dir, value)
+  return value
+
+
+def _require(path, what):
+  if not path:
+    raise ValueError(f'{what} is not set')
+  if not os.path.exists(path):
+    raise ValueError(f'{what}: {path} does not exist')
+  return path
+
+
+# Readers -------------------------------------------------------------------
+
+
+def load_array(path):
+  """Loads an array from .npy (memory-mapped), .npz (first array) or .hkl."""
+  extension = os.path.splitext(path)[1].lower()
+  if extension == '.npy':
+    return np.load(path, mmap_mode='r', allow_pickle=False)
+  if extension == '.npz':
+    with np.load(path, allow_pickle=False) as archive:
+      return archive[archive.files[0]]
+  if extension == '.hkl':
+    if importlib.util.find_spec('hickle') is None:
+      raise ImportError(f'{path}: reading .hkl files needs the hickle package '
+                        '(pip install hickle), or convert it to .npy.')
+    import hickle  # pylint: disable=g-import-not-at-top
+    return np.asarray(hickle.load(path))
+  raise ValueError(f'{path}: expected one of {ARRAY_EXTENSIONS}')
+
+
+def clip_lengths_from_sources(sources):
+  """Lengths of the runs of equal consecutive entries of a sources list."""
+  sources = np.asarray(sources)
+  starts = np.flatnonzero(np.r_[True, sources[1:] != sources[:-1]])
+  return np.diff(np.r_[starts, len(sources)])
+
+
+def read_frame_arrays(frames_path, sources_path=''):
+  """PredNet layout: frames (N, H, W, C) uint8 and an optional sources list."""
+  frames = load_array(frames_path)
+  if frames.ndim != 4 or frames.shape[-1] not in (1, 3):
+    raise ValueError(f'{frames_path}: expected frames (N, height, width, 1 or '
+                     f'3 channels), got shape {frames.shape}')
+  if frames.dtype != np.uint8:
+    raise ValueError(f'{frames_path}: expected uint8 frames, got '
+                     f'{frames.dtype}')
+  if sources_path:
+    sources = load_array(sources_path)
+    if len(sources) != len(frames):
+      raise ValueError(f'{sources_path}: has {len(sources)} entries but '
+                       f'{frames_path} has {len(frames)} frames; expected one '
+                       'source (clip name) per frame')
+    lengths = clip_lengths_from_sources(sources)
+  else:
+    lengths = np.array([len(frames)])
+  return Frames(frames_path, lengths, array=frames)
+
+
+def _image_files(folder):
+  return sorted(f for f in glob.glob(os.path.join(folder, '*'))
+                if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def read_image_folder(folder):
+  """One folder of frames (sorted by name) as a single clip."""
+  paths = _image_files(folder)
+  if not paths:
+    raise ValueError(f'{folder}: no image files ({", ".join(IMAGE_EXTENSIONS)})')
+  return Frames(folder, np.array([len(paths)]), paths=paths)
+
+
+def read_clip_folders(root, clip_names=None):
+  """A folder of per-clip image folders; `clip_names` picks and orders them."""
+  if clip_names is None:
+    clip_names = sorted(d for d in os.listdir(root)
+                        if os.path.isdir(os.path.join(root, d)))
+  paths, lengths = [], []
+  for name in clip_names:
+    files = _image_files(os.path.join(root, name))
+    paths.extend(files)
+    lengths.append(len(files))
+  if not paths:
+    raise ValueError(f'{root}: expected sub-folders of image frames, found '
+                     'none')
+  return Frames(root, np.array(lengths), paths=paths)
+
+
+def read_frames(path, sources_path=''):
+  """Dispatches on the layout: array file, folder of frames, clip folders."""
+  if os.path.isfile(path):
+    return read_frame_arrays(path, sources_path)
+  if _image_files(path):
+    return read_image_folder(path)
+  return read_clip_folders(path)
+
+
+def video_decoder():
+  """Returns a function path -> uint8 (T, H, W, 3), or raises ImportError."""
+  if importlib.util.find_spec('av') is not None:
+    def decode_with_pyav(path):
+      import av  # pylint: disable=g-import-not-at-top
+      with av.open(path) as container:
+        return np.stack([frame.to_ndarray(format='rgb24')
+                         for frame in container.decode(video=0)])
+    return decode_with_pyav
+  if importlib.util.find_spec('cv2') is not None:
+    def decode_with_opencv(path):
+      import cv2  # pylint: disable=g-import-not-at-top
+      capture = cv2.VideoCapture(path)
+      frames = []
+      ok, frame = capture.read()
+      while ok:
+        frames.append(frame[..., ::-1])
+        ok, frame = capture.read()
+      capture.release()
+      return np.stack(frames)
+    return decode_with_opencv
+  raise ImportError('Decoding video files needs PyAV (pip install av) or '
+                    'OpenCV (pip install opencv-python); or extract the frames '
+                    'into image folders (e.g. with ffmpeg) and point the config '
+                    'at them.')
+
+
+def iterate_video(path):
+  """Yields the frames of a video file as uint8 (H, W, 3), one at a time."""
+  if importlib.util.find_spec('av') is not None:
+    import av  # pylint: disable=g-import-not-at-top
+    with av.open(path) as container:
+      for frame in container.decode(video=0):
+        yield frame.to_ndarray(format='rgb24')
+  else:
+    yield from video_decoder()(path)
+
+
+# Windows -------------------------------------------------------------------
+
+
+def sliding_windows(clip_lengths, length, stride, name):
+  """Frame indices (W, length) of windows that stay inside one clip.
+
+  Clips shorter than `length` give no window (logged); no window at all is an
+  error naming `name`.
+  """
+  offsets = np.r_[0, np.cumsum(clip_lengths)[:-1]]
+  starts = [offset + np.arange(0, size - length + 1, stride)
+            for offset, size in zip(offsets, clip_lengths) if size >= length]
+  short = int(np.sum(np.asarray(clip_lengths) < length))
+  if short:
+    logging.warning('%s: %d of %d clips are shorter than %d frames and are '
+                    'skipped.', name, short, len(clip_lengths), length)
+  if not starts:
+    raise ValueError(f'{name}: no clip has the {length} frames a sequence '
+                     f'needs (clip lengths {list(clip_lengths)[:10]}...)')
+  starts = np.concatenate(starts)
+  return starts[:, None] + np.arange(length)
+
+
+def uniform_windows(clip_lengths, length, name):
+  """One window per clip: `length` frames spread evenly over the clip."""
+  if np.min(clip_lengths) < length:
+    shortest = int(np.argmin(clip_lengths))
+    raise ValueError(f'{name}: clip #{shortest} has {clip_lengths[shortest]} '
+                     f'frames, fewer than the {length} each sequence needs')
+  offsets = np.r_[0, np.cumsum(clip_lengths)[:-1]]
+  return np.stack([
+      offset + np.linspace(0, size - 1, length).round().astype(np.int64)
+      for offset, size in zip(offsets, clip_lengths)])
+
+
+# tf.data -------------------------------------------------------------------
+
+
+def crop_and_resize(frames, image_size):
+  """Center-crops uint8 frames (T, h, w, C) to the aspect of `image_size`,
+  resizes them to it and scales to float32 [0, 1]."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  height, width = image_size
+  shape = tf.shape(frames)
+  h, w = shape[1], shape[2]
+  crop_h = tf.minimum(h, tf.cast(tf.round(
+      tf.cast(w, tf.float32) * height / width), tf.int32))
+  crop_w = tf.minimum(w, tf.cast(tf.round(
+      tf.cast(h, tf.float32) * width / height), tf.int32))
+  top = (h - crop_h) // 2
+  left = (w - crop_w) // 2
+  frames = frames[:, top:top + crop_h, left:left + crop_w]
+  frames = tf.image.convert_image_dtype(frames, tf.float32)
+  resized = tf.image.resize(frames, (height, width), antialias=True)
+  return tf.clip_by_value(resized, 0.0, 1.0)
+
+
+def _frame_loader(frames, channels):
+  """tf function: frame indices (T,) -> uint8 frames (T, h, w, C)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if frames.array is not None:
+    array = frames.array
+
+    def gather(indices):
+      return np.ascontiguousarray(array[indices])
+    return lambda indices: tf.numpy_function(gather, [indices], tf.uint8)
+  if frames.paths is not None:
+    paths = tf.constant(frames.paths)
+
+    def decode(path):
+      return tf.io.decode_image(tf.io.read_file(path), channels=channels,
+                                expand_animations=False)
+    return lambda indices: tf.map_fn(
+        decode, tf.gather(paths, indices),
+        fn_output_signature=tf.TensorSpec((None, None, channels), tf.uint8))
+  videos = frames.videos
+  decoder = video_decoder()
+
+  def decode_clip(clip, length):
+    video = decoder(videos[int(clip)])
+    if len(video) < length:
+      raise ValueError(f'{videos[int(clip)]}: {len(video)} frames, fewer than '
+                       f'the {length} each sequence needs')
+    picks = np.linspace(0, len(video) - 1, int(length)).round().astype(int)
+    return video[picks]
+  return lambda indices: tf.numpy_function(
+      decode_clip, [indices[0], tf.size(indices)], tf.uint8)
+
+
+def build_dataset(frames, windows, config, *, batch_size, seed=0,
+                  train=True, process_index=0, process_count=1,
+                  start_element=0, labels=None):
+  """Batched tf.data.Dataset of float32 (B, T, H, W, C) frames.
+
+  Args:
+    frames: the `Frames` to read.
+    windows: int (W, T) frame indices of every sequence.
+    config: experiment config (image_size, channels).
+    batch_size: B (per host).
+    seed: shuffle seed.
+    train: shuffle + repeat + drop_remainder when True; one ordered pass
+      otherwise (last batch smaller).
+    process_index, process_count: host shard.
+    start_element: this host's sequences to skip (resume).
+    labels: optional int (W,); then elements are {'frames', 'label'}.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  image_size = tuple(config.data.image_size)
+  channels = config.data.channels
+  length = windows.shape[1]
+  windows_t = tf.constant(windows, tf.int64)
+  labels_t = None if labels is None else tf.constant(labels, tf.int64)
+  load = _frame_loader(frames, channels)
+
+  def make(index):
+    clip = load(tf.gather(windows_t, index))
+    clip = tf.ensure_shape(clip, (length, None, None, channels))
+    clip = tf.ensure_shape(crop_and_resize(clip, image_size),
+                           (length,) + image_size + (channels,))
+    if labels_t is None:
+      return clip
+    return {'frames': clip, 'label': tf.gather(labels_t, index)}
+
+  dataset = pipeline.window_index_dataset(
+      len(windows), seed=seed, process_index=process_index,
+      process_count=process_count, start_element=start_element,
+      shuffle=train, repeat=train)
+  dataset = dataset.map(make, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
+  dataset = dataset.batch(batch_size, drop_remainder=train)
+  return dataset.with_options(pipeline.deterministic_options())
+
+
+# Datasets ------------------------------------------------------------------
+
+
+def sthsth_labels(labels_json, label_map_json, clip_ids=None):
+  """(clip ids, int labels) of a Something-Something v2 split.
+
+  Args:
+    labels_json: something-something-v2-{train,validation}.json, a list of
+      {"id", "label", "template", "placeholders"}.
+    label_map_json: something-something-v2-labels.json, template -> index.
+    clip_ids: keep only these ids (e.g. those present on disk).
+  """
+  with open(labels_json) as f:
+    entries = json.load(f)
+  with open(label_map_json) as f:
+    label_map = {k: int(v) for k, v in json.load(f).items()}
+  ids, labels = [], []
+  for entry in entries:
+    if not isinstance(entry, dict) or 'id' not in entry or 'template' not in entry:
+      raise ValueError(f'{labels_json}: expected a list of {{"id", "label", '
+                       f'"template", "placeholders"}} entries, got {entry!r}')
+    template = entry['template'].replace('[', '').replace(']', '')
+    if template not in label_map:
+      raise ValueError(f'{labels_json}: template {template!r} of clip '
+                       f'{entry["id"]} is not in {label_map_json}')
+    if clip_ids is None or str(entry['id']) in clip_ids:
+      ids.append(str(entry['id']))
+      labels.append(label_map[template])
+  return ids, np.array(labels, np.int64)
+
+
+def _sthsth_split(config, split):
+  """(Frames, windows, labels) of a Something-Something v2 split."""
+  root = _require(_resolve(config, f'{split}_path'),
+                  f'config.data.{split}_path')
+  on_disk = {os.path.splitext(name)[0] for name in os.listdir(root)}
+  ids, labels = sthsth_labels(
+      _require(_resolve(config, f'{split}_labels'),
+               f'config.data.{split}_labels'),
+      _require(_resolve(config, 'label_map'), 'config.data.label_map'),
+      on_disk)
+  if not ids:
+    raise ValueError(f'{root}: none of the clips listed in '
+                     f'config.data.{split}_labels are in this folder (expected '
+                     '<id>.webm files or <id>/ frame folders)')
+  length = eval_length(config) if split == 'test' else config.data.total_length
+  videos = [os.path.join(root, i + ext) for i in ids for ext in
+            VIDEO_EXTENSIONS if os.path.isfile(os.path.join(root, i + ext))]
+  if len(videos) == len(ids):
+    video_decoder()  # Fail now when no decoder is installed.
+    frames = Frames(root, np.ones(len(ids), np.int64), videos=videos)
+    windows = np.repeat(np.arange(len(ids))[:, None], length, axis=1)
+    return frames, windows, labels
+  frames = read_clip_folders(root, ids)
+  return frames, uniform_windows(frames.clip_lengths, length, root), labels
+
+
+def _towncentre_split(config, split):
+  """(Frames, windows) of TownCentreXVID's first/last frames."""
+  path = _require(_resolve(config, 'video_path'), 'config.data.video_path')
+  num_train = config.data.num_train_frames
+  num_test = config.data.num_test_frames
+  if os.path.isfile(path):
+    raise ValueError(
+        f'{path}: extract the frames of the video first, e.g. `ffmpeg -i '
+        f'{os.path.basename(path)} frames/%05d.png` or with '
+        'stau_jax.data.video.extract_frames, and set config.data.video_path '
+        'to that folder (random access to windows needs single frames).')
+  frames = read_image_folder(path)
+  total = len(frames.paths)
+  if total < max(num_train, num_test):
+    raise ValueError(f'{path}: has {total} frames; config.data.'
+                     f'num_train_frames={num_train} and num_test_frames='
+                     f'{num_test} need at least {max(num_train, num_test)}')
+  if split == 'train':
+    lengths = np.array([num_train, total - num_train])
+    windows = sliding_windows(lengths[:1], config.data.total_length, 1, path)
+  else:
+    first = total - num_test
+    lengths = np.array([first, num_test])
+    length = eval_length(config)
+    windows = first + sliding_windows(lengths[1:], length, length, path)
+  return frames, windows
+
+
+def _kitti_split(config, split):
+  """(Frames, windows) of KITTI (train) or Caltech (test)."""
+  path = _require(_resolve(config, f'{split}_path'),
+                  f'config.data.{split}_path')
+  sources = _resolve(config, f'{split}_sources')
+  if sources:
+    _require(sources, f'config.data.{split}_sources')
+  frames = read_frames(path, sources)
+  if split == 'train':
+    windows = sliding_windows(frames.clip_lengths, config.data.total_length,
+                              1, path)
+  else:
+    length = eval_length(config)
+    windows = sliding_windows(frames.clip_lengths, length, length, path)
+  return frames, windows
+
+
+def extract_frames(video_path, folder):
+  """Writes every frame of a video file as folder/%06d.png (needs a decoder)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  os.makedirs(folder, exist_ok=True)
+  for index, frame in enumerate(iterate_video(video_path)):
+    Image.fromarray(frame).save(os.path.join(folder, f'{index:06d}.png'))
+
+
+def eval_length(config):
+  return config.data.get('test_total_length') or config.data.total_length
+
+
+def load_split(config, split):
+  """(Frames, windows (W, T), labels or None) of `split` in 'train'/'test'."""
+  dataset = config.data.dataset
+  if dataset == 'kitti':
+    return _kitti_split(config, split) + (None,)
+  if dataset == 'towncentre':
+    return _towncentre_split(config, split) + (None,)
+  if dataset == 'sthsth':
+    return _sthsth_split(config, split)
+  raise ValueError(f'config.data.dataset={dataset!r} is not a video dataset')
+
+
+_REQUIRED_PATHS = {
+    'kitti': ('train_path', 'test_path'),
+    'towncentre': ('video_path',),
+    'sthsth': ('train_path', 'train_labels', 'test_path', 'test_labels',
+               'label_map'),
+}
+
+
+def validate(config):
+  """Raises ValueError when a configured input path is unset or missing."""
+  for field in _REQUIRED_PATHS[config.data.dataset]:
+    _require(_resolve(config, field), f'config.data.{field}')
+  for field in ('train_sources', 'test_sources'):
+    if _resolve(config, field):
+      _require(_resolve(config, field), f'config.data.{field}')
+  if config.data.channels not in (1, 3):
+    raise ValueError(f'config.data.channels={config.data.channels} must be 1 '
+                     'or 3')
+
+
+def create_train_iterator(config, *, seed, num_devices, start_step=0,
+                          process_index=0, process_count=1, patch_size=1):
+  """Endless float32 (num_devices, per_device, T, H, W, C) batches."""
+  per_device = pipeline.per_device_batch(config.batch_size, num_devices,
+                                         process_count)
+  host_batch = per_device * num_devices
+  frames, windows, _ = load_split(config, 'train')
+  logging.info('%s train: %d sequences of %d frames.', frames.name,
+               len(windows), windows.shape[1])
+  dataset = build_dataset(
+      frames, windows, config, batch_size=host_batch, seed=seed, train=True,
+      process_index=process_index, process_count=process_count,
+      start_element=start_step * host_batch)
+  return pipeline.as_numpy_batches(dataset, num_devices, patch_size)
+
+
+def create_test_iterator(config, batch_size, *, patch_size=1):
+  """One ordered pass: {'frames': (B, T, H, W, C), 'valid': bool (B,)}."""
+  frames, windows, _ = load_split(config, 'test')
+  dataset = build_dataset(frames, windows, config, batch_size=batch_size,
+                          train=False)
+  chunks = (batch[0] for batch in pipeline.as_numpy_batches(dataset, 1,
+                                                             patch_size))
+  return ({'frames': batch, 'valid': valid}
+          for batch, valid in pipeline.padded_batches(chunks, batch_size))
+
+
+def sthsth_dataset(config, split, batch_size, *, seed=0, train=True):
+  """Something-Something v2 as a tf.data.Dataset of {'frames', 'label'}.
+
+  For the early action recognition task: frames float32 (B, T, H, W, 3),
+  label int64 (B,).
+  """
+  frames, windows, labels = _sthsth_split(config, split)
+  return build_dataset(frames, windows, config, batch_size=batch_size,
+                       seed=seed, train=train, labels=labels)
