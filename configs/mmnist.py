@@ -25,6 +25,7 @@ def get_config():
   model.patch_size = 1
   model.residual = False
   model.recall = False
+  model.conv_impl = 'auto'  # auto | xla | fast: convolution lowering (stau_jax/ops.py); auto = fast on CPU
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'moving_mnist'

@@ -4,12 +4,15 @@ Shapes are NHWC: B batch, h x w hidden grid, C hidden channels. The equations
 are those of ../shared/STAU_SPEC.md ("The cell"), which follow the authors'
 PyTorch STAUCell/MAUCell.
 """
+import functools
 import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from stau_jax import ops
 
 # Which states each variant's two attentions compare (spec, "Variants"):
 # temporal attention (alpha, over the last tau steps) and spatial attention
@@ -74,16 +77,21 @@ class ConvNorm(nn.Module):
   """Square 'same' conv with bias, then LayerNorm over (h, w, C) jointly.
 
   The LayerNorm has elementwise scale and bias of shape (h, w, C), as
-  PyTorch's nn.LayerNorm([C, h, w]) (eps 1e-5).
+  PyTorch's nn.LayerNorm([C, h, w]) (eps 1e-5). `conv_impl` picks the
+  convolution lowering (`ops.resolve_conv_impl`); parameters are the same.
   """
   features: int
   filter_size: int
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
     x = nn.Conv(self.features, (self.filter_size, self.filter_size),
-                padding='SAME', dtype=self.dtype, name='conv')(x)
+                padding='SAME', dtype=self.dtype,
+                conv_general_dilated=functools.partial(
+                    ops.conv, impl=self.conv_impl),
+                name='conv')(x)
     return nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1),
                         feature_axes=(-3, -2, -1), use_fast_variance=False,
                         dtype=self.dtype, name='norm')(x)
@@ -97,12 +105,14 @@ class STAUCell(nn.Module):
     filter_size: spatial size of the four convolutions.
     cell: one of CELLS.
     residual: add the input S to S_new (gamma = 1 in the paper's Table 1).
+    conv_impl: convolution lowering, see `ops.resolve_conv_impl`.
   """
   num_hidden: int
   filter_size: int
   cell: str = 'stau'
   residual: bool = False
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, temporal, spatial, temporal_history, spatial_history,
@@ -124,7 +134,7 @@ class STAUCell(nn.Module):
     """
     variant = VARIANTS[self.cell]
     conv = lambda features, name: ConvNorm(  # noqa: E731
-        features, self.filter_size, self.dtype, name=name)
+        features, self.filter_size, self.dtype, self.conv_impl, name=name)
     spatial_query = conv(self.num_hidden, 'conv_s_next')(spatial)
     temporal_query = conv(self.num_hidden, 'conv_t_next')(temporal)
 

@@ -15,12 +15,14 @@ Collected on request (`mutable=['intermediates']`): alpha (T-1, L, tau, B),
 beta (T-1, L, theta, B) and the gates F_T, F_S, U_T, U_S
 (T-1, L, B, h, w, C), in ring-slot order (see `ring_order`).
 """
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from stau_jax import ops
 from stau_jax.models.cell import CELLS, STAUCell
 
 
@@ -65,6 +67,7 @@ class Encoder(nn.Module):
   num_hidden: int
   num_downsample: int
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, frame):
@@ -74,10 +77,37 @@ class Encoder(nn.Module):
     for i in range(self.num_downsample):
       x = nn.Conv(self.num_hidden, (3, 3), strides=(2, 2),
                   padding=((1, 1), (1, 1)), dtype=self.dtype,
+                  conv_general_dilated=functools.partial(
+                      ops.conv, impl=self.conv_impl),
                   name=f'down_{i}')(x)
       x = nn.leaky_relu(x, 0.2)
       features.append(x)
     return features
+
+
+class ConvTranspose(nn.Module):
+  """`nn.ConvTranspose(transpose_kernel=True)` computed by `ops.conv_transpose`.
+
+  Same parameters as flax's: 'kernel' (kh, kw, features, in_features), as
+  PyTorch's ConvTranspose2d weight up to axis order, and 'bias' (features,).
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int]
+  padding: Any
+  dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    """(B, h, w, in_features) -> (B, h', w', features)."""
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        self.kernel_size + (self.features, x.shape[-1]))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = ops.conv_transpose(x, kernel, self.strides, self.padding,
+                           impl=self.conv_impl)
+    return y + bias
 
 
 class Decoder(nn.Module):
@@ -92,15 +122,16 @@ class Decoder(nn.Module):
   frame_channels: int
   recall: bool = False
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, spatial, encoded):
     x = spatial
     n = self.num_downsample
     for i in range(n):
-      x = nn.ConvTranspose(self.num_hidden, (3, 3), strides=(2, 2),
-                           padding=((1, 2), (1, 2)), transpose_kernel=True,
-                           dtype=self.dtype, name=f'up_{i}')(x)
+      x = ConvTranspose(self.num_hidden, (3, 3), strides=(2, 2),
+                        padding=((1, 2), (1, 2)), dtype=self.dtype,
+                        conv_impl=self.conv_impl, name=f'up_{i}')(x)
       if i < n - 1:
         x = nn.leaky_relu(x, 0.2)
       if self.recall:
@@ -122,6 +153,7 @@ class _LayerStep(nn.Module):
   cell: str
   residual: bool
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, carry, layer_inputs, time_slot):
@@ -133,7 +165,7 @@ class _LayerStep(nn.Module):
     lower_valid = jnp.arange(self.theta) <= layer
     new_temporal, new_spatial = STAUCell(
         self.num_hidden, self.filter_size, self.cell, self.residual,
-        self.dtype, name='cell')(temporal, spatial, temporal_history,
+        self.dtype, self.conv_impl, name='cell')(temporal, spatial, temporal_history,
                                  spatial_history, lower_temporal,
                                  lower_spatial, lower_valid)
     temporal_history = temporal_history.at[time_slot].set(new_temporal)
@@ -155,6 +187,7 @@ class _TimeStep(nn.Module):
   residual: bool
   recall: bool
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, carry, step_inputs):
@@ -162,7 +195,7 @@ class _TimeStep(nn.Module):
     frame, true_frame_mask, time_slot = step_inputs
     frame = true_frame_mask * frame + (1 - true_frame_mask) * prediction
     encoded = Encoder(self.num_hidden, self.num_downsample, self.dtype,
-                      name='encoder')(frame.astype(self.dtype))
+                      self.conv_impl, name='encoder')(frame.astype(self.dtype))
     spatial = encoded[-1]
     lower_stack = jnp.zeros((self.theta,) + spatial.shape, spatial.dtype)
     layers = nn.scan(
@@ -170,14 +203,14 @@ class _TimeStep(nn.Module):
         split_rngs={'params': True}, in_axes=(0, nn.broadcast),
         length=self.num_layers)(
             self.num_hidden, self.filter_size, self.theta, self.cell,
-            self.residual, self.dtype, name='cells')
+            self.residual, self.dtype, self.conv_impl, name='cells')
     (spatial, _, _), (temporal, temporal_history, spatial_history) = layers(
         (spatial, lower_stack, lower_stack),
         (jnp.arange(self.num_layers), temporal, temporal_history,
          spatial_history), time_slot)
     prediction = Decoder(self.num_hidden, self.num_downsample,
                          self.frame_channels, self.recall, self.dtype,
-                         name='decoder')(spatial, encoded)
+                         self.conv_impl, name='decoder')(spatial, encoded)
     prediction = prediction.astype(jnp.float32)
     return (temporal, temporal_history, spatial_history, prediction), prediction
 
@@ -201,6 +234,7 @@ class STAUPredictor(nn.Module):
   residual: bool = False
   recall: bool = False
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, frames, sampling_mask=None):
@@ -212,7 +246,9 @@ class STAUPredictor(nn.Module):
       sampling_mask: broadcastable to (B, T - input_length - 1, H/p, W/p,
         p*p*c): 1 feeds the true frame at step input_length + i, 0 the
         model's own previous prediction. None (the default) is all zeros:
-        pure autoregressive prediction.
+        pure autoregressive prediction. A mask of T - 2 steps instead
+        (reverse scheduled sampling, PredRNN-v2) covers steps 1 .. T-2:
+        every input after the first.
 
     Returns:
       (B, T-1, H, W, c) float32 predictions of frames[:, 1:].
@@ -222,15 +258,23 @@ class STAUPredictor(nn.Module):
     batch, length = frames.shape[:2]
     patches = patch_frames(frames.astype(jnp.float32), self.patch_size)
     patch_shape = patches.shape[2:]
-    num_future = length - self.input_length - 1
     if sampling_mask is None:
-      sampling_mask = jnp.zeros((batch, num_future, 1, 1, 1), jnp.float32)
-    future_mask = jnp.broadcast_to(
-        jnp.asarray(sampling_mask, jnp.float32),
-        (batch, num_future) + patch_shape)
+      sampling_mask = jnp.zeros(
+          (batch, length - self.input_length - 1, 1, 1, 1), jnp.float32)
+    sampling_mask = jnp.asarray(sampling_mask, jnp.float32)
+    if sampling_mask.ndim != 5:
+      raise ValueError(f'sampling_mask must be 5-D (B, steps, H/p, W/p, '
+                       f'p*p*c) or broadcastable as such; got shape '
+                       f'{sampling_mask.shape}.')
+    # A mask over steps 1 .. T-2 (reverse scheduled sampling) also decides
+    # the inputs after the first; otherwise all input_length inputs are true.
+    num_always_true = (1 if sampling_mask.shape[1] == length - 2
+                       else self.input_length)
+    masked = jnp.broadcast_to(
+        sampling_mask, (batch, length - 1 - num_always_true) + patch_shape)
     true_frame_mask = jnp.concatenate(
-        [jnp.ones((batch, self.input_length) + patch_shape, jnp.float32),
-         future_mask], axis=1)
+        [jnp.ones((batch, num_always_true) + patch_shape, jnp.float32),
+         masked], axis=1)
 
     grid_h = patch_shape[0] // 2**self.num_downsample
     grid_w = patch_shape[1] // 2**self.num_downsample
@@ -249,7 +293,8 @@ class STAUPredictor(nn.Module):
         length=length - 1)(
             self.num_layers, self.num_hidden, self.filter_size, self.tau,
             self.theta, self.num_downsample, patch_shape[-1], self.cell,
-            self.residual, self.recall, self.dtype, name='unroll')
+            self.residual, self.recall, self.dtype, self.conv_impl,
+            name='unroll')
     _, predictions = unroll(carry, step_inputs)
     return unpatch_frames(time_major(predictions), self.patch_size)
 
@@ -309,7 +354,8 @@ def create_model(config, dtype=jnp.float32):
       filter_size=model.filter_size, tau=model.tau, theta=model.theta,
       num_downsample=model.num_downsample, patch_size=model.patch_size,
       input_length=config.data.input_length, cell=model.cell,
-      residual=model.residual, recall=model.recall, dtype=dtype)
+      residual=model.residual, recall=model.recall,
+      conv_impl=model.get('conv_impl', 'auto'), dtype=dtype)
 
 
 def init_params(model, config, rng):

@@ -1,0 +1,145 @@
+r"""Times one STAU training step, the forward pass and compilation.
+
+  python -m stau_jax.benchmark --config=configs/mmnist.py \
+      --config.batch_size=8 --steps=5
+
+After one warm-up call each, times --steps calls of (a) a full training step:
+forward over all frames, the MSE loss of Algorithm 1 with an all-zero
+scheduled-sampling mask, backward and an Adam update; and (b) the forward pass
+alone. Inputs are fixed uniform random frames, so no input pipeline is timed
+(see `stau_jax.data.benchmark` for that). Prints a table, then as its last
+line one JSON object: train_step_s and forward_s (medians), compile_s (the
+training step), forward_compile_s, peak_rss_mb (peak resident memory of this
+process), samples_per_s, device, params, and the shapes timed.
+"""
+import json
+import resource
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from stau_jax import ops
+from stau_jax.models import predictor
+
+FLAGS = flags.FLAGS
+
+
+def make_train_step(model, optimizer):
+  """Jitted (params, opt_state, frames, mask) -> (params, opt_state, loss)."""
+
+  def loss_fn(params, frames, sampling_mask):
+    predictions = model.apply({'params': params}, frames, sampling_mask)
+    return jnp.mean(jnp.square(predictions - frames[:, 1:]))
+
+  @jax.jit
+  def train_step(params, opt_state, frames, sampling_mask):
+    loss, grads = jax.value_and_grad(loss_fn)(params, frames, sampling_mask)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return train_step
+
+
+def _compile(fn, *args):
+  """Returns (compiled fn, seconds spent tracing, lowering and compiling)."""
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def _median_seconds(fn, steps):
+  """Median wall time of `steps` calls of fn() after one warm-up call."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def run(config, steps=5):
+  """Builds the configured model, times it and returns the results dict."""
+  model = predictor.create_model(config)
+  rng = jax.random.PRNGKey(config.seed)
+  params = predictor.init_params(model, config, rng)
+  optimizer = optax.adam(config.learning_rate)
+  opt_state = optimizer.init(params)
+
+  data = config.data
+  batch = config.batch_size
+  height, width = data.image_size
+  frames = jax.random.uniform(
+      jax.random.PRNGKey(1),
+      (batch, data.total_length, height, width, data.channels))
+  p = config.model.patch_size
+  sampling_mask = jnp.zeros(
+      (batch, data.total_length - data.input_length - 1, height // p,
+       width // p, p * p * data.channels))
+
+  train_step, compile_s = _compile(
+      make_train_step(model, optimizer), params, opt_state, frames,
+      sampling_mask)
+  forward = jax.jit(model.apply)
+  forward, forward_compile_s = _compile(
+      forward, {'params': params}, frames, sampling_mask)
+
+  train_step_s = _median_seconds(
+      lambda: train_step(params, opt_state, frames, sampling_mask), steps)
+  forward_s = _median_seconds(
+      lambda: forward({'params': params}, frames, sampling_mask), steps)
+  device = jax.devices()[0]
+  return {
+      'train_step_s': round(train_step_s, 4),
+      'forward_s': round(forward_s, 4),
+      'compile_s': round(compile_s, 2),
+      'forward_compile_s': round(forward_compile_s, 2),
+      'peak_rss_mb': round(
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      'samples_per_s': round(batch / train_step_s, 3),
+      'device': f'{device.platform}:{device.device_kind}',
+      'conv_impl': ops.resolve_conv_impl(config.model.get('conv_impl', 'auto')),
+      'params': int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+      'batch_size': batch,
+      'total_length': data.total_length,
+      'num_layers': config.model.num_layers,
+      'steps': steps,
+  }
+
+
+def define_flags():
+  """Defines the CLI flags (only when run as a program, so CLIs can share a process)."""
+  config_flags.DEFINE_config_file(
+      'config', 'configs/mmnist.py', 'Config file (model and data shape).')
+  flags.DEFINE_integer('steps', 5, 'Timed calls of each function.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  results = run(FLAGS.config, FLAGS.steps)
+  print(f'STAU benchmark ({FLAGS.config.name}, {results["device"]}, '
+        f'batch {results["batch_size"]}, {results["total_length"]} frames, '
+        f'{results["num_layers"]} layers, median of {results["steps"]}):')
+  rows = [('training step', f'{results["train_step_s"]:.3f} s'),
+          ('forward pass', f'{results["forward_s"]:.3f} s'),
+          ('compile (train step)', f'{results["compile_s"]:.1f} s'),
+          ('compile (forward)', f'{results["forward_compile_s"]:.1f} s'),
+          ('samples / s', f'{results["samples_per_s"]:.2f}'),
+          ('peak resident memory', f'{results["peak_rss_mb"]:.0f} MB'),
+          ('parameters', f'{results["params"]:,}'),
+          ('convolution', results['conv_impl'])]
+  for name, value in rows:
+    print(f'  {name:<22}{value:>14}')
+  print(json.dumps(results))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

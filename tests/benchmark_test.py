@@ -1,0 +1,24 @@
+"""Tests for the model benchmark CLI (shape of its output, not timings)."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = ('train_step_s', 'forward_s', 'compile_s', 'peak_rss_mb',
+        'samples_per_s', 'device', 'params')
+
+
+def test_cli_prints_json_last():
+  result = subprocess.run(
+      [sys.executable, '-m', 'stau_jax.benchmark', '--config=configs/tiny.py',
+       '--steps=1'],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 0, result.stderr[-3000:]
+  stats = json.loads(result.stdout.strip().splitlines()[-1])
+  for key in KEYS:
+    assert key in stats, key
+  assert stats['train_step_s'] > 0 and stats['forward_s'] > 0
+  assert stats['params'] > 0 and stats['batch_size'] == 4
+  assert stats['conv_impl'] in ('fast', 'xla')

@@ -1,0 +1,105 @@
+"""stau_jax.ops equals lax convolutions in value and gradient."""
+import functools
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from stau_jax import ops
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _value_and_grads(fn, lhs, rhs):
+  """fn(lhs, rhs) and the gradients of a nonlinear scalar of it."""
+  loss = lambda lhs, rhs: jnp.sum(jnp.sin(fn(lhs, rhs)))  # noqa: E731
+  return fn(lhs, rhs), jax.grad(loss, argnums=(0, 1))(lhs, rhs)
+
+
+class ConvTest(parameterized.TestCase):
+
+  def assert_same(self, fast, reference, lhs, rhs):
+    value, grads = _value_and_grads(fast, lhs, rhs)
+    want_value, want_grads = _value_and_grads(reference, lhs, rhs)
+    self.assertEqual(value.shape, want_value.shape)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-4)
+    for grad, want in zip(grads, want_grads):
+      np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-4)
+
+  @parameterized.parameters(
+      # batch, height, width, in, out, kernel, stride, padding
+      (2, 16, 16, 8, 12, 5, 1, 'SAME'),
+      (1, 7, 10, 3, 4, 3, 1, 'SAME'),
+      (2, 9, 6, 3, 5, 3, 1, 'VALID'),
+      (1, 6, 5, 2, 3, 1, 1, 'SAME'),
+      (2, 16, 16, 8, 8, 3, 2, ((1, 1), (1, 1))),
+      (1, 15, 10, 3, 4, 3, 2, 'SAME'),
+      (2, 12, 9, 4, 3, 5, 3, 'VALID'),
+      (1, 8, 8, 2, 3, 4, 2, ((2, 1), (0, -1))),
+  )
+  def test_conv(self, batch, height, width, features_in, features_out, kernel,
+                stride, padding):
+    rng = np.random.default_rng(0)
+    lhs = jnp.asarray(rng.normal(size=(batch, height, width, features_in)),
+                      jnp.float32)
+    rhs = jnp.asarray(
+        rng.normal(size=(kernel, kernel, features_in, features_out)),
+        jnp.float32)
+    conv = lambda impl: lambda lhs, rhs: ops.conv(  # noqa: E731
+        lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC,
+        impl=impl)
+    reference = lambda lhs, rhs: lax.conv_general_dilated(  # noqa: E731
+        lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC)
+    self.assert_same(conv('fast'), reference, lhs, rhs)
+    self.assert_same(conv('xla'), reference, lhs, rhs)
+
+  @parameterized.parameters(
+      (2, 4, 4, 8, 8, 3, 2, ((1, 2), (1, 2))),
+      (1, 5, 3, 3, 4, 3, 2, 'SAME'),
+      (2, 4, 6, 3, 2, 5, 3, 'VALID'),
+      (1, 6, 5, 2, 3, 4, 2, ((0, 1), (2, 2))),
+  )
+  def test_conv_transpose(self, batch, height, width, features_in,
+                          features_out, kernel, stride, padding):
+    rng = np.random.default_rng(1)
+    lhs = jnp.asarray(rng.normal(size=(batch, height, width, features_in)),
+                      jnp.float32)
+    rhs = jnp.asarray(
+        rng.normal(size=(kernel, kernel, features_out, features_in)),
+        jnp.float32)
+    fast = lambda lhs, rhs: ops.conv_transpose(  # noqa: E731
+        lhs, rhs, (stride, stride), padding, impl='fast')
+    reference = lambda lhs, rhs: lax.conv_transpose(  # noqa: E731
+        lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC,
+        transpose_kernel=True)
+    self.assert_same(fast, reference, lhs, rhs)
+
+  def test_flax_conv_same_params_and_grads(self):
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 8, 6, 4)),
+                    jnp.float32)
+    reference = nn.Conv(5, (5, 5), padding='SAME')
+    fast = nn.Conv(5, (5, 5), padding='SAME', conv_general_dilated=(
+        functools.partial(ops.conv, impl='fast')))
+    params = reference.init(jax.random.PRNGKey(0), x)
+    fast_params = fast.init(jax.random.PRNGKey(0), x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, fast_params)
+    loss = lambda model: jax.jit(jax.value_and_grad(  # noqa: E731
+        lambda p: jnp.sum(jnp.sin(model.apply(p, x)))))(params)
+    jax.tree_util.tree_map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-4),
+        loss(fast), loss(reference))
+
+  def test_resolve_conv_impl(self):
+    self.assertEqual(ops.resolve_conv_impl('xla'), 'xla')
+    self.assertEqual(ops.resolve_conv_impl('auto'),
+                     'fast' if jax.default_backend() == 'cpu' else 'xla')
+    with self.assertRaisesRegex(ValueError, 'conv_impl'):
+      ops.resolve_conv_impl('cudnn')
+
+
+if __name__ == '__main__':
+  absltest.main()
