@@ -1,0 +1,169 @@
+r"""Evaluation: per-frame metrics of pure prediction on the test set.
+
+  python -m stau_jax.evaluate --export=stau_mmnist.export \
+      [--data=mnist_test_seq.npy | --config.data.test_set=official] \
+      [--output=metrics.json]
+
+prints the per-frame table (MSE/frame, MAE/frame, PSNR, SSIM with the paper's
+data_range 2.0, SSIM with data_range 1.0) and the averages. The model sees the
+first input_length frames of each test sequence and predicts the rest;
+metrics run on device in JAX (stau_jax/metrics.py), batched and pmapped over
+the local devices. Training calls the same functions.
+"""
+import json
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from stau_jax import data
+from stau_jax import distributed
+from stau_jax import export
+from stau_jax import metrics
+from stau_jax import models
+
+FLAGS = flags.FLAGS
+
+
+def make_eval_step(model, config):
+  """A pmapped step: (params, frames, valid) -> (metric sums, predictions).
+
+  frames is (devices, B, T, H, W, C) and valid (devices, B); the sums
+  (`metrics.batch_sums`, summed over all devices) are replicated, and
+  predictions are (devices, B, T - input_length, H, W, C) clipped to [0, 1].
+  """
+  input_length = config.data.input_length
+
+  def eval_step(params, frames, valid):
+    predictions = model.apply({'params': params}, frames)[:, input_length - 1:]
+    sums = metrics.batch_sums(predictions, frames[:, input_length:], valid)
+    return jax.lax.psum(sums, 'batch'), jnp.clip(predictions, 0, 1)
+
+  return jax.pmap(eval_step, axis_name='batch')
+
+
+def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0):
+  """Runs `eval_step` over test batches; every host must call it.
+
+  Args:
+    eval_step: from `make_eval_step`.
+    params: parameters replicated over the local devices.
+    batches: iterator of {'frames': (B, T, H, W, C), 'valid': (B,)} global
+      batches (`data.create_test_iterator`); each host evaluates its slice,
+      and B must be divisible by the number of devices of all hosts.
+    num_batches: stop after this many batches; -1 for all.
+    num_samples: how many sequences of the first batch to return.
+
+  Returns:
+    (result, samples): `metrics.finalize` output and {'frames': (n, T, H, W,
+    C), 'predictions': (n, T - input_length, H, W, C)} numpy arrays of this
+    host's first n <= num_samples sequences.
+  """
+  num_devices = jax.local_device_count()
+  process_count = jax.process_count()
+  sums, samples = None, None
+  for index, batch in enumerate(batches):
+    if index == num_batches:
+      break
+    frames, valid = batch['frames'], batch['valid']
+    host_size = len(frames) // process_count
+    if host_size * process_count != len(frames) or host_size % num_devices:
+      raise ValueError(
+          f'Evaluation batch size {len(frames)} is not divisible by the '
+          f'{num_devices * process_count} devices; use a multiple of it.')
+    rows = slice(jax.process_index() * host_size,
+                 (jax.process_index() + 1) * host_size)
+    frames = frames[rows].reshape((num_devices, -1) + frames.shape[1:])
+    valid = valid[rows].reshape(num_devices, -1)
+    batch_sums, predictions = eval_step(params, frames, valid)
+    sums = batch_sums if sums is None else metrics.merge_sums(sums, batch_sums)
+    if samples is None:
+      predictions = np.asarray(predictions).reshape((-1,) +
+                                                    predictions.shape[2:])
+      keep = min(num_samples, int(valid.sum()))
+      samples = {'frames': frames.reshape((-1,) + frames.shape[2:])[:keep],
+                 'predictions': predictions[:keep]}
+  if sums is None:
+    raise ValueError('The test set is empty.')
+  sums = jax.device_get(jax.tree_util.tree_map(lambda x: x[0], sums))
+  return metrics.finalize(sums), samples
+
+
+def evaluate_params(params, config, batch_size=None, num_batches=-1):
+  """Evaluates `params` on config's test set on this host's devices.
+
+  Returns the `metrics.finalize` result.
+  """
+  batch_size = batch_size or config.eval_batch_size
+  num_devices = jax.local_device_count()
+  if batch_size % num_devices:
+    raise ValueError(f'Batch size {batch_size} is not divisible by the '
+                     f'{num_devices} local devices.')
+  eval_step = make_eval_step(models.create_model(config), config)
+  replicated = distributed.replicate(params)
+  result, _ = evaluate(eval_step, replicated,
+                       data.create_test_iterator(config, batch_size),
+                       num_batches)
+  return result
+
+
+def _overridable_fields():
+  """Fields that `--config.x=...` may set on top of the export's config."""
+  overridable = ml_collections.ConfigDict()
+  overridable.eval_batch_size = 16
+  overridable.num_eval_batches = -1
+  overridable.data = ml_collections.ConfigDict()
+  overridable.data.test_set = 'generated'
+  overridable.data.data_dir = ''
+  overridable.data.digits = 'auto'
+  overridable.data.num_test_sequences = 10000
+  overridable.data.test_seed = 1234
+  overridable.data.test_total_length = ml_collections.config_dict.placeholder(
+      int)
+  return overridable
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  params, config = export.load_export(FLAGS.export)
+  for path, value in config_flags.get_override_values(FLAGS['config']).items():
+    parent = config
+    *parents, name = path.split('.')
+    for key in parents:
+      parent = parent[key]
+    parent[name] = value
+  if FLAGS.data:
+    config.data.test_set = FLAGS.data
+  result = evaluate_params(params, config, config.eval_batch_size,
+                           config.get('num_eval_batches', -1))
+  print(metrics.format_table(result))
+  print(f'{result["count"]} sequences; averages: ' + ', '.join(
+      f'{name} {value:.4f}' for name, value in result['mean'].items()))
+  if FLAGS.output:
+    with open(FLAGS.output, 'w') as f:
+      json.dump(result, f, indent=2)
+    print(f'Wrote {FLAGS.output}.')
+
+
+def define_flags():
+  """Defines the CLI's flags (not at import: training imports this module)."""
+  flags.DEFINE_string('export', None, 'Export file (stau_jax.export).')
+  flags.DEFINE_string(
+      'data', None, 'Test set .npy in the official Moving MNIST layout (uint8 '
+      '(20, N, 64, 64)); shorthand for --config.data.test_set=FILE.')
+  flags.DEFINE_string('output', None, 'Write the metrics as JSON here.')
+  config_flags.DEFINE_config_dict(
+      'config', _overridable_fields(),
+      "Overrides of the export's config, e.g. --config.data.test_set="
+      'official, --config.eval_batch_size=32, --config.num_eval_batches=10.')
+  flags.mark_flags_as_required(['export'])
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

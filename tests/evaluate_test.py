@@ -1,0 +1,92 @@
+"""Tests of evaluation: metrics against a direct computation, and the CLI."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from stau_jax import data
+from stau_jax import distributed
+from stau_jax import evaluate
+from stau_jax import export
+from stau_jax import metrics
+from stau_jax import models
+from tests import export_test
+from tests import runs
+
+runs.enable_compilation_cache()
+
+
+def test_evaluate_matches_a_direct_computation():
+  config = runs.tiny_config()
+  params = jax.tree_util.tree_map(lambda x: 0.1 * x,
+                                  export_test.random_params(config))
+  result = evaluate.evaluate_params(params, config)
+  frames = data.create_test_arrays(config)
+  assert result['count'] == len(frames) == 32
+  predictions = models.create_model(config).apply({'params': params}, frames)
+  expected = metrics.compute_metrics(
+      predictions[:, config.data.input_length - 1:],
+      frames[:, config.data.input_length:])
+  for name in metrics.METRIC_NAMES:
+    np.testing.assert_allclose(result['per_frame'][name],
+                               np.mean(expected[name], axis=0), rtol=1e-4,
+                               err_msg=name)
+
+
+def test_samples_and_batch_limit():
+  config = runs.tiny_config()
+  params = export_test.random_params(config)
+  eval_step = evaluate.make_eval_step(models.create_model(config), config)
+  result, samples = evaluate.evaluate(
+      eval_step, distributed.replicate(params),
+      data.create_test_iterator(config), num_batches=1, num_samples=3)
+  assert result['count'] == config.eval_batch_size
+  assert samples['frames'].shape == (3, 8, 16, 16, 1)
+  assert samples['predictions'].shape == (3, 4, 16, 16, 1)
+  assert 0 <= samples['predictions'].min() <= samples['predictions'].max() <= 1
+
+
+@pytest.fixture(scope='module')
+def tiny_export(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('evaluate') / 'tiny.export')
+  config = runs.tiny_config()
+  export.save_export(path, export_test.random_params(config), config)
+  return path
+
+
+def test_cli_prints_the_table_and_writes_json(tiny_export, tmp_path):
+  output = str(tmp_path / 'metrics.json')
+  result = runs.python('-m', 'stau_jax.evaluate', f'--export={tiny_export}',
+                       '--config.num_eval_batches=1',
+                       '--config.eval_batch_size=4', f'--output={output}')
+  assert 'mean' in result.stdout and 'ssim_dr1' in result.stdout
+  with open(output) as f:
+    written = json.load(f)
+  assert written['count'] == 4
+  assert len(written['per_frame']['mse']) == 4
+
+
+def test_cli_reads_an_official_layout_npy(tmp_path):
+  config = runs.tiny_config()
+  config.data.image_size = (64, 64)
+  config.model.num_downsample = 2
+  path = str(tmp_path / 'mmnist64.export')
+  export.save_export(path, export_test.random_params(config), config)
+  sequences = np.random.default_rng(0).integers(0, 256, (20, 3, 64, 64),
+                                                dtype=np.uint8)
+  np.save(tmp_path / 'test.npy', sequences)
+  output = str(tmp_path / 'metrics.json')
+  runs.python('-m', 'stau_jax.evaluate', f'--export={path}',
+              f'--data={tmp_path / "test.npy"}', f'--output={output}')
+  with open(output) as f:
+    assert json.load(f)['count'] == 3
+
+
+def test_cli_rejects_a_corrupt_export(tmp_path):
+  path = tmp_path / 'bad.export'
+  path.write_bytes(b'not an export')
+  result = runs.python('-m', 'stau_jax.evaluate', f'--export={path}',
+                       check=False)
+  assert result.returncode != 0
+  assert 'not a readable stau_jax export file' in result.stderr

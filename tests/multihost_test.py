@@ -1,0 +1,53 @@
+"""Two processes on 127.0.0.1 (gloo CPU collectives) train as one run."""
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from stau_jax import train
+from tests import runs
+
+_TRAIN = """
+import sys
+import jax
+import numpy as np
+from configs import tiny
+from stau_jax import distributed
+from stau_jax import train
+assert distributed.initialize_from_environment()
+config = tiny.get_config()
+config.update(num_train_steps=6, checkpoint_every_steps=3, eval_every_steps=6,
+              log_every_steps=3, num_eval_batches=1)
+state = train.train_and_evaluate(config, sys.argv[1])
+np.savez(sys.argv[2], **{jax.tree_util.keystr(p): np.asarray(x) for p, x in
+                         jax.tree_util.tree_flatten_with_path(state.params)[0]})
+print('process', jax.process_index(), 'of', jax.process_count())
+"""
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_end_with_identical_parameters(tmp_path):
+  workdir = str(tmp_path / 'run')
+  address = f'127.0.0.1:{_free_port()}'
+  processes = [
+      subprocess.Popen(
+          [sys.executable, '-c', _TRAIN, workdir, str(tmp_path / f'{i}.npz')],
+          env=runs.environment(JAX_COORDINATOR_ADDRESS=address,
+                               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i)),
+          cwd=runs.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+          text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for i, (process, (stdout, stderr)) in enumerate(zip(processes, outputs)):
+    assert process.returncode == 0, stderr[-5000:]
+    assert f'process {i} of 2' in stdout
+  first, second = (np.load(tmp_path / f'{i}.npz') for i in range(2))
+  assert set(first) == set(second)
+  for name in first:
+    np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+  assert [r['step'] for r in train.read_losses(workdir)] == list(range(1, 7))
