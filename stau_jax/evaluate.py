@@ -2,13 +2,15 @@ r"""Evaluation: per-frame metrics of pure prediction on the test set.
 
   python -m stau_jax.evaluate --export=stau_mmnist.export \
       [--data=mnist_test_seq.npy | --config.data.test_set=official] \
-      [--output=metrics.json]
+      [--output=metrics.json] [--baseline=zeros|last_frame]
 
 prints the per-frame table (MSE/frame, MAE/frame, PSNR, SSIM with the paper's
 data_range 2.0, SSIM with data_range 1.0) and the averages. The model sees the
 first input_length frames of each test sequence and predicts the rest;
 metrics run on device in JAX (stau_jax/metrics.py), batched and pmapped over
-the local devices. Training calls the same functions.
+the local devices. Training calls the same functions. --baseline scores a
+naive predictor (all-zero frames, or the last input frame repeated) on the
+same test set, for comparison.
 """
 import json
 
@@ -27,19 +29,46 @@ from stau_jax import metrics
 from stau_jax import models
 
 FLAGS = flags.FLAGS
+BASELINES = ('zeros', 'last_frame')
 
 
-def make_eval_step(model, config):
+def baseline_predictions(baseline, frames, input_length):
+  """A naive predictor's future frames, to compare models against.
+
+  Args:
+    baseline: 'zeros' (all-black frames) or 'last_frame' (the last observed
+      frame repeated).
+    frames: (B, T, H, W, C) test sequences.
+    input_length: observed frames.
+
+  Returns:
+    (B, T - input_length, H, W, C) predictions of frames[:, input_length:].
+  """
+  future_shape = frames[:, input_length:].shape
+  if baseline == 'zeros':
+    return jnp.zeros(future_shape, frames.dtype)
+  if baseline == 'last_frame':
+    return jnp.broadcast_to(frames[:, input_length - 1:input_length],
+                            future_shape)
+  raise ValueError(f'Unknown baseline {baseline!r}; choose one of {BASELINES}.')
+
+
+def make_eval_step(model, config, baseline=None):
   """A pmapped step: (params, frames, valid) -> (metric sums, predictions).
 
   frames is (devices, B, T, H, W, C) and valid (devices, B); the sums
   (`metrics.batch_sums`, summed over all devices) are replicated, and
   predictions are (devices, B, T - input_length, H, W, C) clipped to [0, 1].
+  With `baseline` (see `baseline_predictions`) the model is not run.
   """
   input_length = config.data.input_length
 
   def eval_step(params, frames, valid):
-    predictions = model.apply({'params': params}, frames)[:, input_length - 1:]
+    if baseline:
+      predictions = baseline_predictions(baseline, frames, input_length)
+    else:
+      predictions = model.apply({'params': params},
+                                frames)[:, input_length - 1:]
     sums = metrics.batch_sums(predictions, frames[:, input_length:], valid)
     return jax.lax.psum(sums, 'batch'), jnp.clip(predictions, 0, 1)
 
@@ -93,8 +122,9 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0):
   return metrics.finalize(sums), samples
 
 
-def evaluate_params(params, config, batch_size=None, num_batches=-1):
-  """Evaluates `params` on config's test set on this host's devices.
+def evaluate_params(params, config, batch_size=None, num_batches=-1,
+                    baseline=None):
+  """Evaluates `params` (or a `baseline`) on config's test set on this host's devices.
 
   Returns the `metrics.finalize` result.
   """
@@ -103,7 +133,7 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1):
   if batch_size % num_devices:
     raise ValueError(f'Batch size {batch_size} is not divisible by the '
                      f'{num_devices} local devices.')
-  eval_step = make_eval_step(models.create_model(config), config)
+  eval_step = make_eval_step(models.create_model(config), config, baseline)
   replicated = distributed.replicate(params)
   result, _ = evaluate(eval_step, replicated,
                        data.create_test_iterator(config, batch_size),
@@ -140,7 +170,9 @@ def main(argv):
   if FLAGS.data:
     config.data.test_set = FLAGS.data
   result = evaluate_params(params, config, config.eval_batch_size,
-                           config.get('num_eval_batches', -1))
+                           config.get('num_eval_batches', -1), FLAGS.baseline)
+  if FLAGS.baseline:
+    print(f'Baseline {FLAGS.baseline!r} on the test set of {FLAGS.export}:')
   print(metrics.format_table(result))
   print(f'{result["count"]} sequences; averages: ' + ', '.join(
       f'{name} {value:.4f}' for name, value in result['mean'].items()))
@@ -157,6 +189,9 @@ def define_flags():
       'data', None, 'Test set .npy in the official Moving MNIST layout (uint8 '
       '(20, N, 64, 64)); shorthand for --config.data.test_set=FILE.')
   flags.DEFINE_string('output', None, 'Write the metrics as JSON here.')
+  flags.DEFINE_enum('baseline', None, BASELINES,
+                    'Evaluate a naive predictor on the export\'s test set '
+                    'instead of the model.')
   config_flags.DEFINE_config_dict(
       'config', _overridable_fields(),
       "Overrides of the export's config, e.g. --config.data.test_set="

@@ -34,6 +34,26 @@ def test_evaluate_matches_a_direct_computation():
                                err_msg=name)
 
 
+@pytest.mark.parametrize('baseline', evaluate.BASELINES)
+def test_baselines_score_naive_predictions(baseline):
+  config = runs.tiny_config()
+  frames = data.create_test_arrays(config)
+  future = frames[:, config.data.input_length:]
+  naive = (np.zeros_like(future) if baseline == 'zeros' else np.repeat(
+      frames[:, config.data.input_length - 1:config.data.input_length],
+      future.shape[1], axis=1))
+  result = evaluate.evaluate_params(export_test.random_params(config), config,
+                                    baseline=baseline)
+  np.testing.assert_allclose(
+      result['per_frame']['mse'],
+      np.square(future - naive).sum(axis=(2, 3, 4)).mean(axis=0), rtol=1e-5)
+
+
+def test_unknown_baseline_is_an_error():
+  with pytest.raises(ValueError, match='Unknown baseline'):
+    evaluate.baseline_predictions('mean', np.zeros((1, 8, 4, 4, 1)), 4)
+
+
 def test_samples_and_batch_limit():
   config = runs.tiny_config()
   params = export_test.random_params(config)
@@ -65,6 +85,10 @@ def test_cli_prints_the_table_and_writes_json(tiny_export, tmp_path):
     written = json.load(f)
   assert written['count'] == 4
   assert len(written['per_frame']['mse']) == 4
+  baseline = runs.python('-m', 'stau_jax.evaluate', f'--export={tiny_export}',
+                         '--config.num_eval_batches=1',
+                         '--config.eval_batch_size=4', '--baseline=zeros')
+  assert "Baseline 'zeros'" in baseline.stdout
 
 
 def test_cli_reads_an_official_layout_npy(tmp_path):
