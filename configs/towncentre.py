@@ -3,9 +3,9 @@
 Full 1088x1920x3 frames (the 1080p video center-cropped/resized to a size
 that 4 down/upsampling layers divide), 4 -> 1 frames for training and 4 -> 4
 for testing, 16 STAU layers x 64 hidden, 4 down/upsampling layers, gamma = 1.
-The first 4,000 frames train, the last 3,500 test. Data: a folder of the
-video's frames (extract them with ffmpeg or
-stau_jax.data.video.extract_frames).
+The first 4,000 frames train, the last 3,500 test. Data (data.video_path):
+the video file (decoded once into a PNG frame cache; needs `pip install
+av`) or a folder of its frames.
 """
 from configs import mmnist
 

@@ -158,11 +158,158 @@ def test_towncentre_too_few_frames_is_named(tmp_path):
     data_lib.create_train_iterator(config, num_devices=1)
 
 
-def test_towncentre_video_file_says_how_to_extract(tmp_path):
+# Tiny videos encoded on the fly with PyAV: channel 0 steps by 20 per frame
+# and channels 1-2 hold smooth gradients, so lossy codecs keep them close.
+# Codecs are those of the PyAV wheel (av 18: mpeg4, libvpx for VP8). Their
+# mean abs error is ~0.007 on [0, 1], neighbouring frames differ by ~0.03.
+TOLERANCE = 0.02
+
+
+def _video_frames(count=12, height=32, width=48):
+  """uint8 (count, height, width, 3) smooth frames, distinct per index."""
+  y, x = np.mgrid[:height, :width]
+  return np.stack([np.stack([
+      np.full((height, width), 20 * i + 10.0),
+      40 + 150 * x / (width - 1),
+      40 + 100 * y / (height - 1) + 5 * i], axis=-1)
+                   for i in range(count)]).round().astype(np.uint8)
+
+
+def _write_video(path, frames, codec):
+  """Encodes uint8 (T, H, W, 3) frames into `path` (container from suffix)."""
+  av = pytest.importorskip('av')
+  if codec not in av.codecs_available:
+    pytest.skip(f'the installed PyAV has no {codec} encoder')
+  with av.open(str(path), 'w') as container:
+    stream = container.add_stream(codec, rate=10)
+    stream.height, stream.width = frames.shape[1:3]
+    stream.pix_fmt = 'yuv420p'
+    stream.bit_rate = 2_000_000
+    for frame in frames:
+      container.mux(stream.encode(
+          av.VideoFrame.from_ndarray(frame, format='rgb24')))
+    container.mux(stream.encode())
+  return str(path)
+
+
+def _error(decoded, expected):
+  """Mean abs error on [0, 1] between uint8 or float [0, 1] frames."""
+  scale = lambda x: np.asarray(x, np.float32) / (
+      255 if np.asarray(x).dtype == np.uint8 else 1)
+  return np.abs(scale(decoded) - scale(expected)).mean()
+
+
+def _check_decoded(decoded, frames):
+  """Same count and shape; each frame is close to its original and closer to
+  it than to any other (so order and count survive decoding)."""
+  assert decoded.shape == frames.shape and decoded.dtype == np.uint8
+  errors = np.array([[_error(d, f) for f in frames] for d in decoded])
+  assert np.all(np.diag(errors) < TOLERANCE), np.diag(errors)
+  np.testing.assert_array_equal(errors.argmin(axis=1), np.arange(len(frames)))
+
+
+def _resized(frames, image_size=(8, 16)):
+  return video.crop_and_resize(frames, image_size).numpy()
+
+
+@pytest.mark.parametrize('codec, suffix', [('mpeg4', '.avi'),
+                                           ('mpeg4', '.mp4'),
+                                           ('libvpx', '.webm')])
+def test_video_decoders_round_trip(tmp_path, codec, suffix):
+  frames = _video_frames()
+  path = _write_video(tmp_path / f'clip{suffix}', frames, codec)
+  _check_decoded(video.video_decoder()(path), frames)
+  _check_decoded(np.stack(list(video.iterate_video(path))), frames)
+
+
+def _towncentre_video(tmp_path):
+  frames = _video_frames()
+  _write_video(tmp_path / 'TownCentreXVID.avi', frames, 'mpeg4')
+  return frames, _towncentre_config(tmp_path, 'TownCentreXVID.avi')
+
+
+def test_towncentre_video_file_is_decoded_once_into_a_cache(tmp_path,
+                                                             monkeypatch):
+  frames, config = _towncentre_video(tmp_path)
+  batch = next(data_lib.create_train_iterator(config, num_devices=1))
+  assert batch.shape == (1, 4, 3, 8, 16, 3) and batch.dtype == np.float32
+  assert 0 <= batch.min() and batch.max() <= 1
+  cache = tmp_path / 'TownCentreXVID.avi.frames'
+  assert sorted(os.listdir(tmp_path)) == ['TownCentreXVID.avi',
+                                          'TownCentreXVID.avi.frames']
+  assert len(os.listdir(cache)) == 12
+  _check_decoded(np.stack([np.asarray(Image.open(cache / name)) for name in
+                           sorted(os.listdir(cache))]), frames)
+  test = list(data_lib.create_test_iterator(config))
+  np.testing.assert_array_equal(test[0]['valid'], [1, 0, 0, 0])
+  assert _error(test[0]['frames'][0], _resized(frames[7:11])) < TOLERANCE
+
+  def no_decoding(path):
+    raise AssertionError(f'{path} decoded again')
+  monkeypatch.setattr(video, 'iterate_video', no_decoding)
+  monkeypatch.setattr(video, 'video_decoder', no_decoding)
+  again = list(data_lib.create_test_iterator(config))
+  np.testing.assert_array_equal(again[0]['frames'], test[0]['frames'])
+  next(data_lib.create_train_iterator(config, num_devices=1))
+
+
+@pytest.mark.parametrize('failure, error, match', [
+    (KeyboardInterrupt, KeyboardInterrupt, None),
+    (RuntimeError('disk full'), ValueError, r'TownCentreXVID.avi: could not '
+     r'decode the video \(disk full\)')])
+def test_towncentre_interrupted_extraction_leaves_no_cache(
+    tmp_path, monkeypatch, failure, error, match):
+  _, config = _towncentre_video(tmp_path)
+  real = video.iterate_video
+
+  def interrupted(path):
+    yield from list(real(path))[:3]
+    raise failure
+  monkeypatch.setattr(video, 'iterate_video', interrupted)
+  with pytest.raises(error, match=match):
+    data_lib.create_train_iterator(config, num_devices=1)
+  assert os.listdir(tmp_path) == ['TownCentreXVID.avi']
+  monkeypatch.setattr(video, 'iterate_video', real)
+  next(data_lib.create_train_iterator(config, num_devices=1))
+  assert len(os.listdir(tmp_path / 'TownCentreXVID.avi.frames')) == 12
+
+
+def test_towncentre_cache_falls_back_to_data_dir(tmp_path, monkeypatch):
+  os.makedirs(tmp_path / 'videos')
+  _write_video(tmp_path / 'videos' / 'TownCentreXVID.avi', _video_frames(),
+               'mpeg4')
+  config = _towncentre_config(tmp_path, 'videos/TownCentreXVID.avi')
+  access = os.access
+  monkeypatch.setattr(video.os, 'access', lambda path, mode: (
+      not path.endswith('videos') and access(path, mode)))
+  next(data_lib.create_train_iterator(config, num_devices=1))
+  assert os.listdir(tmp_path / 'videos') == ['TownCentreXVID.avi']
+  assert len(os.listdir(tmp_path / 'TownCentreXVID.avi.frames')) == 12
+  monkeypatch.setattr(video.os, 'access', lambda path, mode: False)
+  next(data_lib.create_train_iterator(config, num_devices=1))  # Cache found.
+  os.rename(tmp_path / 'TownCentreXVID.avi.frames', tmp_path / 'old')
+  with pytest.raises(ValueError, match=r'TownCentreXVID.avi: cannot cache its '
+                     'frames'):
+    data_lib.create_train_iterator(config, num_devices=1)
+
+
+def test_towncentre_video_without_decoder_says_what_to_install(tmp_path,
+                                                               monkeypatch):
   (tmp_path / 'TownCentreXVID.avi').write_bytes(b'not a video')
   config = _towncentre_config(tmp_path, 'TownCentreXVID.avi')
-  with pytest.raises(ValueError, match='TownCentreXVID.avi: extract the frames'):
+  monkeypatch.setattr(video.importlib.util, 'find_spec', lambda name: None)
+  with pytest.raises(ImportError, match=r'pip install av'):
     data_lib.create_train_iterator(config, num_devices=1)
+  assert os.listdir(tmp_path) == ['TownCentreXVID.avi']
+
+
+def test_towncentre_unreadable_video_is_named(tmp_path):
+  pytest.importorskip('av')
+  (tmp_path / 'TownCentreXVID.avi').write_bytes(b'not a video')
+  config = _towncentre_config(tmp_path, 'TownCentreXVID.avi')
+  with pytest.raises(ValueError, match=r'TownCentreXVID.avi: could not decode'):
+    data_lib.create_train_iterator(config, num_devices=1)
+  assert os.listdir(tmp_path) == ['TownCentreXVID.avi']
 
 
 def _sthsth(tmp_path, lengths=(6, 5, 8)):
@@ -214,6 +361,32 @@ def test_sthsth_webm_without_decoder_says_what_to_install(tmp_path, monkeypatch)
   os.rename(tmp_path / 'frames' / '100', tmp_path / 'frames_100')
   with pytest.raises(ImportError, match=r'pip install av'):
     data_lib.create_train_iterator(config, num_devices=1)
+
+
+def test_sthsth_webm_videos_decode_sample_uniformly_with_labels(tmp_path):
+  config = _sthsth(tmp_path, lengths=(4,))
+  os.rename(tmp_path / 'frames' / '100', tmp_path / 'frames_100')
+  clips = {}
+  for clip, length in zip(('100', '101', '102'), (12, 9, 10)):
+    clips[clip] = _video_frames(length)[::-1]  # Reversed: order matters.
+    _write_video(tmp_path / 'frames' / f'{clip}.webm', clips[clip], 'libvpx')
+  entries = json.loads((tmp_path / 'train.json').read_text())
+  entries += [dict(entries[0], id='101', template='Putting [something] on a '
+                   'surface'), dict(entries[0], id='102')]
+  (tmp_path / 'train.json').write_text(json.dumps(entries))
+  for clip, frames in clips.items():
+    _check_decoded(video.video_decoder()(
+        str(tmp_path / 'frames' / f'{clip}.webm')), frames)
+  batch = next(video.sthsth_dataset(config, 'train', 3,
+                                    train=False).as_numpy_iterator())
+  assert batch['frames'].shape == (3, 4, 8, 16, 3)
+  assert 0 <= batch['frames'].min() and batch['frames'].max() <= 1
+  np.testing.assert_array_equal(batch['label'], [7, 3, 7])
+  for frames, clip in zip(batch['frames'], clips.values()):
+    picks = np.linspace(0, len(clip) - 1, 4).round().astype(int)
+    assert _error(frames, _resized(clip[picks])) < TOLERANCE
+  train = next(data_lib.create_train_iterator(config, num_devices=1))
+  assert train.shape == (1, 4, 4, 8, 16, 3)
 
 
 def test_hkl_without_hickle_is_a_clear_error(tmp_path, monkeypatch):

@@ -10,6 +10,13 @@ relative):
   training takes every window (stride 1), testing consecutive disjoint ones.
 * 'towncentre': one video file or one folder of frames; the first
   `num_train_frames` (4,000) train, the last `num_test_frames` (3,500) test.
+  A video file is decoded once, on first use, into a cache folder of PNG
+  frames `<video_path>.frames/` next to it, or `<data_dir>/<video
+  name>.frames/` when that folder is not writable (tens of GB for the 1080p
+  TownCentreXVID.avi); later runs read the cache. It is written into a
+  temporary `*.frames.partial-*` folder renamed when complete, so an
+  interrupted extraction never leaves a partial cache (a killed process may
+  leave the temporary folder: delete it). Delete the cache to decode again.
 * 'sthsth' (Something-Something v2): a folder of <id>.webm videos or of <id>/
   frame folders, the split's JSON list ({"id", "template", ...}) and the
   labels JSON (template -> index). Every clip is sampled uniformly down to
@@ -26,6 +33,8 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 
 from absl import logging
 import numpy as np
@@ -188,8 +197,18 @@ def iterate_video(path):
     with av.open(path) as container:
       for frame in container.decode(video=0):
         yield frame.to_ndarray(format='rgb24')
+  elif importlib.util.find_spec('cv2') is not None:
+    import cv2  # pylint: disable=g-import-not-at-top
+    capture = cv2.VideoCapture(path)
+    try:
+      ok, frame = capture.read()
+      while ok:
+        yield np.ascontiguousarray(frame[..., ::-1])
+        ok, frame = capture.read()
+    finally:
+      capture.release()
   else:
-    yield from video_decoder()(path)
+    video_decoder()  # Raises the ImportError saying what to install.
 
 
 # Windows -------------------------------------------------------------------
@@ -388,11 +407,7 @@ def _towncentre_split(config, split):
   num_train = config.data.num_train_frames
   num_test = config.data.num_test_frames
   if os.path.isfile(path):
-    raise ValueError(
-        f'{path}: extract the frames of the video first, e.g. `ffmpeg -i '
-        f'{os.path.basename(path)} frames/%05d.png` or with '
-        'stau_jax.data.video.extract_frames, and set config.data.video_path '
-        'to that folder (random access to windows needs single frames).')
+    path = cached_frames(path, config.data.get('data_dir') or '')
   frames = read_image_folder(path)
   total = len(frames.paths)
   if total < max(num_train, num_test):
@@ -427,12 +442,82 @@ def _kitti_split(config, split):
   return frames, windows
 
 
-def extract_frames(video_path, folder):
-  """Writes every frame of a video file as folder/%06d.png (needs a decoder)."""
+def extract_frames(video_path, folder, log_every=500):
+  """Writes every frame of a video file as folder/%06d.png (needs a decoder).
+
+  Returns the number of frames written.
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   os.makedirs(folder, exist_ok=True)
-  for index, frame in enumerate(iterate_video(video_path)):
-    Image.fromarray(frame).save(os.path.join(folder, f'{index:06d}.png'))
+  count = 0
+  for count, frame in enumerate(iterate_video(video_path), 1):
+    # compress_level=1: lossless and several times faster than the default.
+    Image.fromarray(frame).save(os.path.join(folder, f'{count - 1:06d}.png'),
+                                compress_level=1)
+    if log_every and count % log_every == 0:
+      logging.info('%s: extracted %d frames.', video_path, count)
+  return count
+
+
+def _frames_cache_candidates(video_path, data_dir):
+  """Cache folders for a video file: next to it, then under data_dir."""
+  name = os.path.basename(video_path) + '.frames'
+  candidates = [video_path + '.frames']
+  if data_dir and os.path.abspath(os.path.join(data_dir, name)) != (
+      os.path.abspath(candidates[0])):
+    candidates.append(os.path.join(data_dir, name))
+  return candidates
+
+
+def cached_frames(video_path, data_dir=''):
+  """Folder of the frames of `video_path`, decoding it once on first use.
+
+  Uses an existing `<video_path>.frames/` or `<data_dir>/<name>.frames/`;
+  otherwise decodes the video into the first of them whose parent is
+  writable, through a temporary folder renamed when complete (an interrupted
+  extraction leaves no cache).
+  """
+  candidates = _frames_cache_candidates(video_path, data_dir)
+  for folder in candidates:
+    if os.path.isdir(folder):
+      logging.info('%s: reading the frames cached in %s.', video_path, folder)
+      if os.path.getmtime(video_path) > os.path.getmtime(folder):
+        logging.warning('%s is newer than its frames cache %s; delete the '
+                        'cache to decode the video again.', video_path, folder)
+      return folder
+  video_decoder()  # Fail now, saying what to install, when there is none.
+  writable = [f for f in candidates
+              if os.access(os.path.dirname(os.path.abspath(f)), os.W_OK)]
+  if not writable:
+    raise ValueError(f'{video_path}: cannot cache its frames, none of '
+                     f'{candidates} is writable; extract them elsewhere with '
+                     'stau_jax.data.video.extract_frames and set '
+                     'config.data.video_path to that folder.')
+  folder = writable[0]
+  parent = os.path.dirname(os.path.abspath(folder))
+  logging.info('%s: decoding the video once into %s (first use).',
+               video_path, folder)
+  temporary = tempfile.mkdtemp(prefix=os.path.basename(folder) + '.partial-',
+                               dir=parent)
+  try:
+    try:
+      count = extract_frames(video_path, temporary)
+    except ImportError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'{video_path}: could not decode the video ({e})') from e
+    if not count:
+      raise ValueError(f'{video_path}: decoded no frames')
+    try:
+      os.rename(temporary, folder)
+    except OSError:
+      if not os.path.isdir(folder):  # Else another process finished first.
+        raise
+  finally:
+    if os.path.isdir(temporary):
+      shutil.rmtree(temporary, ignore_errors=True)
+  logging.info('%s: cached %d frames in %s.', video_path, count, folder)
+  return folder
 
 
 def eval_length(config):
