@@ -165,9 +165,9 @@ class _LayerStep(nn.Module):
     lower_valid = jnp.arange(self.theta) <= layer
     new_temporal, new_spatial = STAUCell(
         self.num_hidden, self.filter_size, self.cell, self.residual,
-        self.dtype, self.conv_impl, name='cell')(temporal, spatial, temporal_history,
-                                 spatial_history, lower_temporal,
-                                 lower_spatial, lower_valid)
+        self.dtype, self.conv_impl, name='cell')(
+            temporal, spatial, temporal_history, spatial_history,
+            lower_temporal, lower_spatial, lower_valid)
     temporal_history = temporal_history.at[time_slot].set(new_temporal)
     spatial_history = spatial_history.at[time_slot].set(spatial)
     return ((new_spatial, lower_temporal, lower_spatial),
