@@ -105,7 +105,7 @@ def run(config, steps=5):
       'samples_per_s': round(batch / train_step_s, 3),
       'device': f'{device.platform}:{device.device_kind}',
       'conv_impl': ops.resolve_conv_impl(config.model.get('conv_impl', 'auto')),
-      'params': int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+      'params': predictor.count_params(params),
       'batch_size': batch,
       'total_length': data.total_length,
       'num_layers': config.model.num_layers,

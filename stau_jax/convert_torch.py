@@ -13,7 +13,6 @@ import re
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 from ml_collections import config_flags
 
@@ -62,10 +61,7 @@ def convert_state_dict(state_dict, config):
   """
   state_dict = {re.sub(r'^module\.', '', k): np.asarray(v, np.float32)
                 for k, v in state_dict.items()}
-  model = models.create_model(config)
-  expected = jax.eval_shape(
-      lambda: models.init_params(model, config, jax.random.PRNGKey(0)))
-  expected = expected['unroll']
+  expected = models.param_shapes(config)['unroll']
   used = set()
 
   def take(key, perm, shape):
@@ -126,8 +122,7 @@ def convert_checkpoint(checkpoint, config, output):
   """Reads a reference .ckpt, converts it and writes the export file."""
   params = convert_state_dict(load_torch_state_dict(checkpoint), config)
   export.save_export(output, params, config)
-  count = sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
-  print(f'Wrote {output}: {count:,} parameters, cell={config.model.cell}.')
+  print(f'Wrote {output}: {models.count_params(params):,} parameters, cell={config.model.cell}.')
 
 
 def define_flags():

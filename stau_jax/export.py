@@ -91,11 +91,9 @@ def load_export(path):
 def check_params(params, config, source='parameters'):
   """Raises ExportError unless `params` has exactly the tree and shapes `config`'s model needs."""
   try:
-    model = models.create_model(config)
+    expected = models.param_shapes(config)
   except ValueError as e:
     raise ExportError(f'{source}: invalid config: {e}') from e
-  expected = jax.eval_shape(
-      lambda: models.init_params(model, config, jax.random.PRNGKey(0)))
   expected = {'/'.join(str(k.key) for k in path): leaf.shape for path, leaf
               in jax.tree_util.tree_flatten_with_path(expected)[0]}
   actual = {'/'.join(str(k.key) for k in path): np.shape(leaf) for path, leaf
@@ -116,7 +114,7 @@ def main(argv):
   check_params(params, config, source=flags.FLAGS.workdir)
   save_export(flags.FLAGS.output, params, config)
   print(f'Wrote {flags.FLAGS.output} ({config.name}, '
-        f'{sum(np.size(x) for x in jax.tree_util.tree_leaves(params))} '
+        f'{models.count_params(params)} '
         f'parameters).')
 
 

@@ -240,7 +240,7 @@ def train_and_evaluate(config, workdir):
       checkpoints.write_config(workdir, config)
     _truncate_losses(workdir, initial_step)
     writer = summaries.SummaryWriter(workdir)
-  num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  num_params = models.count_params(state.params)
   logging.info('Model: %s cell, %d parameters; %s compute.',
                config.model.cell, num_params, compute_dtype.__name__)
 

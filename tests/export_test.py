@@ -17,8 +17,7 @@ runs.enable_compilation_cache()
 
 def random_params(config, seed=0):
   """Parameters of config's model filled with random numbers (no init run)."""
-  shapes = jax.eval_shape(lambda: models.init_params(
-      models.create_model(config), config, jax.random.PRNGKey(0)))
+  shapes = models.param_shapes(config)
   rng = np.random.default_rng(seed)
   return jax.tree_util.tree_map(
       lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)

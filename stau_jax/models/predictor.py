@@ -19,6 +19,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -356,6 +357,19 @@ def create_model(config, dtype=jnp.float32):
       input_length=config.data.input_length, cell=model.cell,
       residual=model.residual, recall=model.recall,
       conv_impl=model.get('conv_impl', 'auto'), dtype=dtype)
+
+
+def param_shapes(config):
+  """Shapes and dtypes of the parameters of config's model, without computing them."""
+  model = create_model(config)
+  return jax.eval_shape(
+      lambda: init_params(model, config, jax.random.PRNGKey(0)))
+
+
+def count_params(params):
+  """Number of scalars in a parameter tree (arrays or shape structs)."""
+  return int(sum(np.prod(np.shape(leaf))
+                 for leaf in jax.tree_util.tree_leaves(params)))
 
 
 def init_params(model, config, rng):
