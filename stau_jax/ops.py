@@ -4,7 +4,7 @@
 kernels (pass it to `nn.Conv(conv_general_dilated=...)`); `conv_transpose`
 is `lax.conv_transpose(..., transpose_kernel=True)`. Both return the same
 values and gradients as lax to float tolerance. With impl 'fast' (chosen by
-'auto' on CPU only) they rewrite every convolution as a stride-1, undilated
+'auto' on CPU) they rewrite every convolution as a stride-1, undilated
 one, whose backward pass XLA:CPU runs well:
 - a strided conv becomes space-to-depth followed by a stride-1 conv;
 - a transposed (input-dilated) conv becomes a stride-1 conv to s*s phases
@@ -14,7 +14,12 @@ one, whose backward pass XLA:CPU runs well:
 On XLA:CPU, lax's input-dilated convolutions (the backward of strided convs,
 transposed convs) are very slow (the Moving MNIST decoder's forward+backward:
 4.6 s per frame with lax, 0.05 s rewritten), and lax's 5x5 conv gradients
-inside the scanned model were slower still. On GPU and TPU 'auto' keeps lax.
+inside the scanned model were slower still.
+With impl 'resample' (chosen by 'auto' on GPU) only the first two rewrites
+apply and stride-1 convs stay lax's (cuDNN's kernels): cuDNN picks FFT
+algorithms for the Moving MNIST decoder's transposed convs and their
+gradients (21 ms of a 125 ms H100 training step). 'xla' (chosen by 'auto'
+elsewhere, e.g. TPU) keeps lax for everything.
 """
 import functools
 import math
@@ -24,16 +29,16 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-CONV_IMPLS = ('auto', 'xla', 'fast')
+CONV_IMPLS = ('auto', 'xla', 'fast', 'resample')
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def resolve_conv_impl(impl='auto'):
-  """'auto' -> 'fast' on CPU, else 'xla'; other values are returned checked."""
+  """'auto' -> 'fast' on CPU, 'resample' on GPU, else 'xla'; others checked."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl must be one of {CONV_IMPLS}; got {impl!r}.')
   if impl == 'auto':
-    return 'fast' if jax.default_backend() == 'cpu' else 'xla'
+    return {'cpu': 'fast', 'gpu': 'resample'}.get(jax.default_backend(), 'xla')
   return impl
 
 
@@ -47,7 +52,7 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
     rhs: (kh, kw, I, O) kernel.
     window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
       feature_group_count, precision: as `lax.conv_general_dilated`.
-    impl: 'auto', 'xla' or 'fast' (see `resolve_conv_impl`).
+    impl: one of CONV_IMPLS (see `resolve_conv_impl`).
     **kwargs: passed to lax when it is used (e.g. preferred_element_type).
 
   Returns:
@@ -63,7 +68,8 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                and dims == lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                                       _NHWC)
                and all(d == 1 for d in rhs_dilation or (1, 1)))
-  if not supported or resolve_conv_impl(impl) == 'xla':
+  impl = resolve_conv_impl(impl)
+  if not supported or impl == 'xla':
     return lax_conv()
   strides = tuple(window_strides)
   dilation = tuple(lhs_dilation or (1, 1))
@@ -75,9 +81,11 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if dilation != (1, 1):
     if strides != (1, 1):
       return lax_conv()
-    return _subpixel_conv(lhs, rhs, dilation, padding, precision)
+    return _subpixel_conv(lhs, rhs, dilation, padding, precision, impl)
   if strides != (1, 1):
-    return _space_to_depth_conv(lhs, rhs, strides, padding, precision)
+    return _space_to_depth_conv(lhs, rhs, strides, padding, precision, impl)
+  if impl == 'resample':
+    return lax_conv()
   lhs = jnp.pad(lhs, ((0, 0),) + tuple((max(lo, 0), max(hi, 0))
                                        for lo, hi in padding) + ((0, 0),))
   lhs = lhs[:, max(-padding[0][0], 0):lhs.shape[1] - max(-padding[0][1], 0),
@@ -98,7 +106,8 @@ def conv_transpose(lhs, rhs, strides, padding, precision=None, impl='auto'):
   Returns:
     (B, h', w', O).
   """
-  if resolve_conv_impl(impl) == 'xla':
+  impl = resolve_conv_impl(impl)
+  if impl == 'xla':
     return lax.conv_transpose(lhs, rhs, strides, padding,
                               dimension_numbers=_NHWC, transpose_kernel=True,
                               precision=precision)
@@ -108,7 +117,7 @@ def conv_transpose(lhs, rhs, strides, padding, precision=None, impl='auto'):
                for k, s in zip(kernel_size, strides)]
   kernel = jnp.swapaxes(jnp.flip(rhs, (0, 1)), 2, 3)
   return conv(lhs, kernel, (1, 1), padding, lhs_dilation=strides,
-              dimension_numbers=_NHWC, precision=precision, impl='fast')
+              dimension_numbers=_NHWC, precision=precision, impl=impl)
 
 
 def _conv_transpose_padding(kernel_size, stride, padding):
@@ -155,7 +164,15 @@ def _conv_valid_bwd(precision, residuals, grad):
 _conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
 
 
-def _space_to_depth_conv(lhs, rhs, strides, padding, precision):
+def _valid_conv(lhs, rhs, precision, impl):
+  """Stride-1 'VALID' conv: ours with the custom VJP for 'fast', else lax's."""
+  if impl == 'fast':
+    return _conv_valid(lhs, rhs, precision)
+  return lax.conv_general_dilated(lhs, rhs, (1, 1), 'VALID',
+                                  dimension_numbers=_NHWC, precision=precision)
+
+
+def _space_to_depth_conv(lhs, rhs, strides, padding, precision, impl):
   """A strided conv as space-to-depth then a stride-1 conv.
 
   With a = s*q + r, y[n] = sum_a x_pad[s*n + a] k[a] = sum_q z[n + q, r] k[s*q + r],
@@ -180,10 +197,10 @@ def _space_to_depth_conv(lhs, rhs, strides, padding, precision):
   kernel = kernel.reshape(qh, sh, qw, sw, *rhs.shape[2:])
   kernel = kernel.transpose(0, 2, 1, 3, 4, 5).reshape(
       qh, qw, sh * sw * rhs.shape[2], rhs.shape[3])
-  return _conv_valid(lhs, kernel, precision)
+  return _valid_conv(lhs, kernel, precision, impl)
 
 
-def _subpixel_conv(lhs, rhs, dilation, padding, precision):
+def _subpixel_conv(lhs, rhs, dilation, padding, precision, impl):
   """An input-dilated (transposed) stride-1 conv as sub-pixel convolution.
 
   With u the s-dilated input, y[p] = sum_a u[p + a - lo] k[a]; for the output
@@ -218,7 +235,7 @@ def _subpixel_conv(lhs, rhs, dilation, padding, precision):
   kernel = kernel.transpose(0, 1, 4, 2, 3, 5).reshape(
       kernel.shape[0], kernel.shape[1], in_features, sh * sw * out_features)
   phases = conv(lhs, kernel, (1, 1), pads, dimension_numbers=_NHWC,
-                precision=precision, impl='fast')
+                precision=precision, impl=impl)
   steps_h, steps_w = phases.shape[1:3]
   y = phases.reshape(batch, steps_h, steps_w, sh, sw, out_features)
   y = y.transpose(0, 1, 3, 2, 4, 5).reshape(batch, steps_h * sh, steps_w * sw,

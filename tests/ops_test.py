@@ -20,6 +20,18 @@ def _value_and_grads(fn, lhs, rhs):
   return fn(lhs, rhs), jax.grad(loss, argnums=(0, 1))(lhs, rhs)
 
 
+def _equations(jaxpr):
+  """All equations of a jaxpr, those of its sub-jaxprs included."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          yield from _equations(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          yield from _equations(sub)
+
+
 class ConvTest(parameterized.TestCase):
 
   def assert_same(self, fast, reference, lhs, rhs):
@@ -54,8 +66,8 @@ class ConvTest(parameterized.TestCase):
         impl=impl)
     reference = lambda lhs, rhs: lax.conv_general_dilated(  # noqa: E731
         lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC)
-    self.assert_same(conv('fast'), reference, lhs, rhs)
-    self.assert_same(conv('xla'), reference, lhs, rhs)
+    for impl in ('fast', 'resample', 'xla'):
+      self.assert_same(conv(impl), reference, lhs, rhs)
 
   @parameterized.parameters(
       (2, 4, 4, 8, 8, 3, 2, ((1, 2), (1, 2))),
@@ -71,12 +83,13 @@ class ConvTest(parameterized.TestCase):
     rhs = jnp.asarray(
         rng.normal(size=(kernel, kernel, features_out, features_in)),
         jnp.float32)
-    fast = lambda lhs, rhs: ops.conv_transpose(  # noqa: E731
-        lhs, rhs, (stride, stride), padding, impl='fast')
+    conv_transpose = lambda impl: lambda lhs, rhs: ops.conv_transpose(  # noqa: E731
+        lhs, rhs, (stride, stride), padding, impl=impl)
     reference = lambda lhs, rhs: lax.conv_transpose(  # noqa: E731
         lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC,
         transpose_kernel=True)
-    self.assert_same(fast, reference, lhs, rhs)
+    for impl in ('fast', 'resample'):
+      self.assert_same(conv_transpose(impl), reference, lhs, rhs)
 
   def test_flax_conv_same_params_and_grads(self):
     x = jnp.asarray(np.random.default_rng(2).normal(size=(1, 8, 6, 4)),
@@ -93,10 +106,44 @@ class ConvTest(parameterized.TestCase):
         functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-4),
         loss(fast), loss(reference))
 
+  @parameterized.parameters('fast', 'resample')
+  def test_rewrites_leave_no_strided_or_dilated_convs(self, impl):
+    """Forward and backward of a strided and a transposed conv run only
+    stride-1, undilated convs (what 'fast' and 'resample' are for)."""
+    lhs = jnp.ones((1, 8, 8, 2))
+    strided = lambda lhs, rhs: ops.conv(  # noqa: E731
+        lhs, rhs, (2, 2), 'SAME', dimension_numbers=_NHWC, impl=impl)
+    transposed = lambda lhs, rhs: ops.conv_transpose(  # noqa: E731
+        lhs, rhs, (2, 2), 'SAME', impl=impl)
+    for fn in (strided, transposed):
+      jaxpr = jax.make_jaxpr(jax.grad(
+          lambda lhs, rhs, fn=fn: jnp.sum(fn(lhs, rhs)), argnums=(0, 1)))(
+              lhs, jnp.ones((3, 3, 2, 2)))
+      convs = [eqn for eqn in _equations(jaxpr.jaxpr)
+               if eqn.primitive.name == 'conv_general_dilated']
+      self.assertNotEmpty(convs)
+      for eqn in convs:
+        self.assertEqual(tuple(eqn.params['window_strides']), (1, 1))
+        self.assertEqual(tuple(eqn.params['lhs_dilation']), (1, 1))
+        self.assertEqual(tuple(eqn.params['rhs_dilation']), (1, 1))
+
+  def test_resample_keeps_lax_for_stride_one_convs(self):
+    lhs, rhs = jnp.ones((1, 8, 8, 2)), jnp.ones((5, 5, 2, 3))
+    primitives = lambda impl: {  # noqa: E731
+        eqn.primitive.name for eqn in _equations(jax.make_jaxpr(
+            lambda lhs, rhs: ops.conv(lhs, rhs, (1, 1), 'SAME',
+                                      dimension_numbers=_NHWC, impl=impl))(
+                                          lhs, rhs).jaxpr)}
+    self.assertTrue(any(name.startswith('custom_vjp')
+                        for name in primitives('fast')))
+    self.assertEqual(primitives('resample'), {'conv_general_dilated'})
+
   def test_resolve_conv_impl(self):
     self.assertEqual(ops.resolve_conv_impl('xla'), 'xla')
+    self.assertEqual(ops.resolve_conv_impl('resample'), 'resample')
     self.assertEqual(ops.resolve_conv_impl('auto'),
-                     'fast' if jax.default_backend() == 'cpu' else 'xla')
+                     {'cpu': 'fast', 'gpu': 'resample'}.get(
+                         jax.default_backend(), 'xla'))
     with self.assertRaisesRegex(ValueError, 'conv_impl'):
       ops.resolve_conv_impl('cudnn')
 
