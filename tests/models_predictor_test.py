@@ -50,6 +50,7 @@ def _future_mask(config, batch=2, seed=1):
          recall=True),
     dict(cell='mau', num_layers=3, tau=2, theta=1, residual=True),
     dict(cell='stau_t_not_s', num_layers=3, tau=1, theta=2, recall=True),
+    dict(cell='stau', num_layers=3, tau=2, theta=2, layer_loop='unrolled'),
 ])
 def test_scan_matches_plain_unrolled_loop(overrides):
   config = _config(**overrides)
@@ -83,12 +84,22 @@ def _lowered_ops(config, batch=1):
 
 
 def test_program_size_does_not_grow_with_frames_or_layers():
-  short, long_ = _config(), _config()
+  short, long_ = _config(layer_loop='scan'), _config(layer_loop='scan')
   short.data.total_length, long_.data.total_length = 8, 40
-  shallow, deep = _config(num_layers=2), _config(num_layers=16)
+  shallow, deep = (_config(num_layers=2, layer_loop='scan'),
+                   _config(num_layers=16, layer_loop='scan'))
   # Only shapes inside the lines change (e.g. "8" -> "40"), not the program.
   assert _lowered_ops(long_) == _lowered_ops(short)
   assert _lowered_ops(deep) == _lowered_ops(shallow)
+
+
+def test_unrolled_layer_loop_repeats_the_layer_in_the_program():
+  shallow = _lowered_ops(_config(num_layers=2, layer_loop='unrolled'))
+  deep = _lowered_ops(_config(num_layers=4, layer_loop='unrolled'))
+  scanned = _lowered_ops(_config(num_layers=4, layer_loop='scan'))
+  assert deep > shallow and deep > scanned  # the layer called 4 times, not 2 or 1
+  assert models.param_shapes(_config(layer_loop='unrolled')) == (
+      models.param_shapes(_config(layer_loop='scan')))
 
 
 @pytest.fixture(scope='module')
@@ -202,6 +213,7 @@ def test_patching_follows_the_spec_order():
     ('model.num_downsample', 5, 'divisible by patch_size'),
     ('data.image_size', (16, 15), 'Frame size 16x15'),
     ('data.input_length', 8, 'input_length < config.data.total_length'),
+    ('model.layer_loop', 'while', 'config.model.layer_loop'),
 ])
 def test_bad_config_values_are_clear_errors(field, value, message):
   config = tiny.get_config()
