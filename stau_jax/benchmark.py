@@ -7,10 +7,14 @@ After one warm-up call each, times --steps calls of (a) a full training step:
 forward over all frames, the MSE loss of Algorithm 1 with an all-zero
 scheduled-sampling mask, backward and an Adam update; and (b) the forward pass
 alone. Inputs are fixed uniform random frames, so no input pipeline is timed
-(see `stau_jax.data.benchmark` for that). Prints a table, then as its last
-line one JSON object: train_step_s and forward_s (medians), compile_s (the
-training step), forward_compile_s, peak_rss_mb (peak resident memory of this
-process), samples_per_s, device, params, and the shapes timed.
+(see `stau_jax.data.benchmark` for that). `config.half_precision` computes
+in bfloat16 with float32 parameters, as training does. Prints a table, then as
+its last line one JSON object: train_step_s and forward_s (medians),
+compile_s (the training step), forward_compile_s, peak_rss_mb (peak resident
+memory of this process), peak_device_mb (accelerator memory, where the
+backend reports it), samples_per_s, device, params, and the shapes timed.
+`--profile_dir=DIR` also records a profiler trace of a few training steps
+(Perfetto/TensorBoard format) for finding where the time goes.
 """
 import json
 import resource
@@ -64,9 +68,22 @@ def _median_seconds(fn, steps):
   return float(np.median(times))
 
 
-def run(config, steps=5):
-  """Builds the configured model, times it and returns the results dict."""
-  model = predictor.create_model(config)
+def _peak_device_mb(device):
+  """Peak accelerator memory in MB, or None where the backend keeps no stats."""
+  stats = device.memory_stats() if device.platform != 'cpu' else None
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return round(stats['peak_bytes_in_use'] / 2**20, 1)
+
+
+def run(config, steps=5, profile_dir=None):
+  """Builds the configured model, times it and returns the results dict.
+
+  With `profile_dir`, three more training steps run under `jax.profiler`
+  and their trace is written there.
+  """
+  compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  model = predictor.create_model(config, dtype=compute_dtype)
   rng = jax.random.PRNGKey(config.seed)
   params = predictor.init_params(model, config, rng)
   optimizer = optax.adam(config.learning_rate)
@@ -94,6 +111,11 @@ def run(config, steps=5):
       lambda: train_step(params, opt_state, frames, sampling_mask), steps)
   forward_s = _median_seconds(
       lambda: forward({'params': params}, frames, sampling_mask), steps)
+  if profile_dir:
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      for _ in range(3):
+        jax.block_until_ready(
+            train_step(params, opt_state, frames, sampling_mask))
   device = jax.devices()[0]
   return {
       'train_step_s': round(train_step_s, 4),
@@ -102,8 +124,10 @@ def run(config, steps=5):
       'forward_compile_s': round(forward_compile_s, 2),
       'peak_rss_mb': round(
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      'peak_device_mb': _peak_device_mb(device),
       'samples_per_s': round(batch / train_step_s, 3),
       'device': f'{device.platform}:{device.device_kind}',
+      'compute_dtype': jnp.dtype(compute_dtype).name,
       'conv_impl': ops.resolve_conv_impl(config.model.get('conv_impl', 'auto')),
       'params': predictor.count_params(params),
       'batch_size': batch,
@@ -118,12 +142,14 @@ def define_flags():
   config_flags.DEFINE_config_file(
       'config', 'configs/mmnist.py', 'Config file (model and data shape).')
   flags.DEFINE_integer('steps', 5, 'Timed calls of each function.')
+  flags.DEFINE_string('profile_dir', None,
+                      'If set, write a profiler trace of 3 training steps here.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  results = run(FLAGS.config, FLAGS.steps)
+  results = run(FLAGS.config, FLAGS.steps, FLAGS.profile_dir)
   print(f'STAU benchmark ({FLAGS.config.name}, {results["device"]}, '
         f'batch {results["batch_size"]}, {results["total_length"]} frames, '
         f'{results["num_layers"]} layers, median of {results["steps"]}):')
@@ -133,6 +159,10 @@ def main(argv):
           ('compile (forward)', f'{results["forward_compile_s"]:.1f} s'),
           ('samples / s', f'{results["samples_per_s"]:.2f}'),
           ('peak resident memory', f'{results["peak_rss_mb"]:.0f} MB'),
+          ('peak device memory',
+           'n/a' if results['peak_device_mb'] is None
+           else f'{results["peak_device_mb"]:.0f} MB'),
+          ('compute dtype', results['compute_dtype']),
           ('parameters', f'{results["params"]:,}'),
           ('convolution', results['conv_impl'])]
   for name, value in rows:

@@ -6,13 +6,14 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ('train_step_s', 'forward_s', 'compile_s', 'peak_rss_mb',
-        'samples_per_s', 'device', 'params')
+        'peak_device_mb', 'samples_per_s', 'device', 'params')
 
 
-def test_cli_prints_json_last():
+def test_cli_prints_json_last_and_writes_a_trace(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'stau_jax.benchmark', '--config=configs/tiny.py',
-       '--steps=1'],
+       '--steps=1', '--config.half_precision=True',
+       f'--profile_dir={tmp_path}'],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env=dict(os.environ, PYTHONPATH=REPO))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -21,4 +22,9 @@ def test_cli_prints_json_last():
     assert key in stats, key
   assert stats['train_step_s'] > 0 and stats['forward_s'] > 0
   assert stats['params'] > 0 and stats['batch_size'] == 4
-  assert stats['conv_impl'] in ('fast', 'xla')
+  assert stats['conv_impl'] in ('fast', 'resample', 'xla')
+  assert stats['compute_dtype'] == 'bfloat16'
+  if stats['device'].startswith('cpu'):
+    assert stats['peak_device_mb'] is None
+  traces = [name for _, _, names in os.walk(tmp_path) for name in names]
+  assert 'perfetto_trace.json.gz' in traces
