@@ -1,0 +1,102 @@
+"""Tests for tools/: the authors'-model timer and the GPU side-by-side script."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tools import torch_reference_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fake_checkout(root, model_source='RNN = None\n'):
+  """A directory laid out like the authors' repository (core/models/STAU.py)."""
+  models_dir = root / 'core' / 'models'
+  models_dir.mkdir(parents=True)
+  (root / 'core' / '__init__.py').write_text('')
+  (models_dir / '__init__.py').write_text('')
+  (models_dir / 'STAU.py').write_text(model_source)
+  return str(root)
+
+
+def test_median_seconds_warms_up_once_and_syncs_every_call():
+  calls, syncs = [], []
+  seconds = torch_reference_step.median_seconds(
+      lambda: calls.append(1), 4, lambda: syncs.append(1))
+  assert len(calls) == 5 and len(syncs) == 5
+  assert 0 <= seconds < 1
+
+
+def test_a_directory_that_is_not_the_authors_repository_is_a_clear_error(
+    tmp_path):
+  with pytest.raises(SystemExit, match='not a checkout of the authors'):
+    torch_reference_step.main([f'--reference={tmp_path}'])
+
+
+def test_missing_torch_is_a_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(SystemExit, match=r'needs PyTorch: pip install'):
+    torch_reference_step.main([f'--reference={_fake_checkout(tmp_path)}'])
+
+
+_TINY_RNN = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class RNN(nn.Module):
+      """Stands in for the authors' model: same constructor and call."""
+
+      def __init__(self, num_layers, num_hidden, configs):
+        super().__init__()
+        assert (num_layers, num_hidden, configs.tau) == (4, [64] * 4, 5)
+        self.scale = nn.Parameter(torch.ones(()))
+
+      def forward(self, frames, mask):
+        assert mask.shape[1:] == (9, 64, 64, 1)
+        return frames[:, :-1] * self.scale
+    ''')
+
+
+def test_times_the_model_of_a_checkout(tmp_path, capsys):
+  pytest.importorskip('torch')
+  reference = _fake_checkout(tmp_path, _TINY_RNN)
+  torch_reference_step.main([f'--reference={reference}', '--batch_size=2',
+                             '--steps=2', '--autocast=bf16'])
+  stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert stats['params'] == 1 and stats['batch_size'] == 2
+  assert stats['autocast'] == 'bf16' and stats['train_step_s'] > 0
+
+
+def test_gpu_side_by_side_runs_both_models_in_both_precisions(tmp_path):
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  log = tmp_path / 'calls.txt'
+  (bin_dir / 'nvidia-smi').write_text('#!/bin/sh\necho "name\nFake GPU"\n')
+  # A fake python3 that records its arguments and prints a result line.
+  (bin_dir / 'python3').write_text(
+      f'#!/bin/sh\necho "$*" >> {log}\n'
+      'echo "{\\"train_step_s\\": 0.05, \\"args\\": \\"$*\\"}"\n')
+  for tool in bin_dir.iterdir():
+    tool.chmod(0o755)
+  out = tmp_path / 'out'
+  result = subprocess.run(
+      ['bash', os.path.join(REPO, 'tools', 'gpu_side_by_side.sh'), '/ref',
+       str(out), '16'], cwd=REPO, capture_output=True, text=True, timeout=60,
+      env=dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}'))
+  assert result.returncode == 0, result.stderr
+  calls = log.read_text().splitlines()
+  assert len(calls) == 4
+  jax_f32, jax_bf16, torch_f32, torch_bf16 = calls
+  assert jax_f32.startswith('-m stau_jax.benchmark --config=configs/mmnist.py')
+  assert '--config.batch_size=16' in jax_f32 and 'half_precision' not in jax_f32
+  assert '--config.half_precision=True' in jax_bf16
+  assert 'tools/torch_reference_step.py --reference=/ref --device=cuda' in (
+      torch_f32) and 'autocast' not in torch_f32
+  assert '--autocast=bf16' in torch_bf16 and '--batch_size=16' in torch_bf16
+  summary = (out / 'summary.txt').read_text().splitlines()
+  assert [line.split()[0] for line in summary] == [
+      'jax_f32', 'jax_bf16', 'torch_f32', 'torch_bf16']
+  assert json.loads((out / 'jax_bf16.json').read_text())['train_step_s'] == 0.05
