@@ -1,0 +1,65 @@
+"""Tests for stau_jax.distributed: when hosts are joined, and replication."""
+import jax
+import numpy as np
+import pytest
+
+from stau_jax import distributed
+
+_VARIABLES = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
+              'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'STAU_DISTRIBUTED')
+
+
+@pytest.fixture
+def initialize_calls(monkeypatch):
+  """Clears the cluster variables and records jax.distributed.initialize calls."""
+  for name in _VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize',
+                      lambda **kwargs: calls.append(kwargs))
+  return calls
+
+
+def test_a_single_host_is_left_alone(initialize_calls, monkeypatch):
+  monkeypatch.setenv('SLURM_NTASKS', '1')
+  assert not distributed.initialize_from_environment()
+  assert not initialize_calls
+
+
+def test_coordinator_variables_are_passed_as_integers(initialize_calls,
+                                                      monkeypatch):
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', 'host0:1234')
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  monkeypatch.setenv('JAX_PROCESS_ID', '1')
+  assert distributed.initialize_from_environment()
+  assert initialize_calls == [dict(coordinator_address='host0:1234',
+                                   num_processes=2, process_id=1)]
+
+
+@pytest.mark.parametrize('name, value', [
+    ('SLURM_NTASKS', '4'), ('OMPI_COMM_WORLD_SIZE', '2'),
+    ('STAU_DISTRIBUTED', '1')])
+def test_clusters_let_jax_detect_everything(initialize_calls, monkeypatch,
+                                            name, value):
+  monkeypatch.setenv(name, value)
+  assert distributed.initialize_from_environment()
+  assert initialize_calls == [dict(coordinator_address=None,
+                                   num_processes=None, process_id=None)]
+
+
+def test_a_non_integer_variable_is_a_clear_error(initialize_calls,
+                                                 monkeypatch):
+  monkeypatch.setenv('SLURM_NTASKS', 'four')
+  with pytest.raises(ValueError, match="SLURM_NTASKS='four' must be an "
+                                       'integer'):
+    distributed.initialize_from_environment()
+  assert not initialize_calls
+
+
+def test_replicate_puts_a_copy_on_every_local_device():
+  tree = {'w': np.arange(6.0).reshape(2, 3), 'step': np.int32(5)}
+  replicated = distributed.replicate(tree)
+  assert replicated['w'].shape == (jax.local_device_count(), 2, 3)
+  for copy in replicated['w']:
+    np.testing.assert_array_equal(copy, tree['w'])
+  np.testing.assert_array_equal(replicated['step'], 5)
