@@ -175,7 +175,7 @@ def test_wrong_npy_layout_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize('change, match', [
-    (dict(image_size=(17, 16)), r'image_size=\(17, 16\) is not divisible by .* = 2'),
+    (dict(image_size=(17, 16)), r'config.data.image_size 17x16 is not divisible by .* = 2'),
     (dict(input_length=8), 'input_length=8 must be positive and smaller'),
     (dict(test_set='/nowhere/mnist_test_seq.npy'),
      'file /nowhere/mnist_test_seq.npy does not exist'),

@@ -443,5 +443,5 @@ def test_paper_configs_validate_their_shapes():
     assert config.model.num_layers == 16 and config.model.residual
   config = kitti.get_config()
   config.data.image_size = (124, 160)
-  with pytest.raises(ValueError, match=r'\(124, 160\) is not divisible by .* 8'):
+  with pytest.raises(ValueError, match=r'124x160 is not divisible by .* 8'):
     data_lib.validate_data_config(config, num_devices=1)

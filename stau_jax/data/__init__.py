@@ -18,6 +18,7 @@ import os
 from absl import logging
 import numpy as np
 
+from stau_jax import shapes
 from stau_jax.data import mnist_digits
 from stau_jax.data import moving_mnist
 from stau_jax.data import pipeline
@@ -52,15 +53,8 @@ def validate_data_config(config, num_devices=None, process_count=1):
   if len(image_size) != 2 or min(image_size) <= 0:
     raise ValueError(f'config.data.image_size={image_size} must be (height, '
                      'width) with positive sizes')
-  patch_size = config.model.patch_size
-  num_downsample = config.model.num_downsample
-  factor = patch_size * 2**num_downsample
-  if image_size[0] % factor or image_size[1] % factor:
-    raise ValueError(
-        f'config.data.image_size={image_size} is not divisible by '
-        f'model.patch_size * 2**model.num_downsample = {patch_size} * '
-        f'2**{num_downsample} = {factor}; use sizes that are multiples of '
-        f'{factor}.')
+  shapes.check_frame_size('config.data.image_size', *image_size,
+                          config.model.patch_size, config.model.num_downsample)
   if not 0 < data.input_length < data.total_length:
     raise ValueError(
         f'config.data.input_length={data.input_length} must be positive and '

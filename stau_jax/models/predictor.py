@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stau_jax import ops
+from stau_jax import shapes
 from stau_jax.models.cell import CELLS, STAUCell
 
 
@@ -326,13 +327,8 @@ def check_frame_shape(shape, patch_size, num_downsample, input_length):
     raise ValueError(f'frames must be (batch, time, height, width, channels); '
                      f'got shape {tuple(shape)}.')
   _, length, height, width, _ = shape
-  factor = patch_size * 2**num_downsample
-  if height % factor or width % factor:
-    raise ValueError(
-        f'Frame size {height}x{width} must be divisible by patch_size * '
-        f'2**num_downsample = {patch_size} * 2**{num_downsample} = {factor}; '
-        f'resize or crop the frames, or change model.patch_size / '
-        f'model.num_downsample.')
+  shapes.check_frame_size('Frame size', height, width, patch_size,
+                          num_downsample)
   if length <= input_length:
     raise ValueError(f'frames has {length} time steps but input_length is '
                      f'{input_length}: need at least input_length + 1.')
