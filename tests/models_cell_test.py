@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from stau_jax.models import cell as cell_lib
+from tests import perturb
 from tests import spec_reference
 
 B, H, W, C, TAU, THETA = 2, 6, 4, 3, 3, 3
@@ -25,11 +26,7 @@ def _random_inputs(seed):
 def _perturbed_params(module, inputs, seed=0):
   """Initial parameters with every leaf (LayerNorm scale/bias too) randomized."""
   params = module.init(jax.random.PRNGKey(seed), **inputs)['params']
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  return jax.tree_util.tree_unflatten(tree, [
-      leaf + 0.2 * jax.random.normal(key, leaf.shape)
-      for leaf, key in zip(leaves, keys)])
+  return perturb.perturb(params, 0.2, seed + 1)
 
 
 @pytest.mark.parametrize('variant', cell_lib.CELLS)

@@ -7,6 +7,7 @@ import pytest
 from configs import mmnist
 from configs import tiny
 from stau_jax import models
+from tests import perturb
 from tests import spec_reference
 
 
@@ -20,11 +21,7 @@ def _perturbed_params(config, seed=0):
   """Initial parameters with every leaf (LayerNorm scale/bias too) randomized."""
   params = models.init_params(models.create_model(config), config,
                               jax.random.PRNGKey(seed))
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  return jax.tree_util.tree_unflatten(tree, [
-      leaf + 0.1 * jax.random.normal(key, leaf.shape)
-      for leaf, key in zip(leaves, keys)])
+  return perturb.perturb(params, 0.1, seed + 1)
 
 
 def _frames(config, batch=2, seed=0):
