@@ -27,6 +27,7 @@ def get_config():
   model.recall = False
   model.conv_impl = 'auto'  # auto | xla | fast: convolution lowering (stau_jax/ops.py); auto = fast on CPU
   model.layer_loop = 'auto'  # auto | scan | unrolled: the compiled loop over layers; auto = unrolled off CPU
+  model.remat = 'auto'  # auto | none | cells: recompute cells' elementwise work in the backward (less memory); auto = cells on CPU
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'moving_mnist'

@@ -28,7 +28,7 @@ ARCHITECTURE_FIELDS = ('model',) + tuple(
     f'data.{name}' for name in ('dataset', 'image_size', 'channels',
                                 'input_length', 'total_length'))
 # config.model fields that choose how, not what, the model computes.
-IMPLEMENTATION_FIELDS = ('conv_impl', 'layer_loop')
+IMPLEMENTATION_FIELDS = ('conv_impl', 'layer_loop', 'remat')
 
 
 class CheckpointError(RuntimeError):

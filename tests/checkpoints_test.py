@@ -45,6 +45,7 @@ def test_missing_or_malformed_config_is_a_checkpoint_error(tmp_path, content):
 @pytest.mark.parametrize('group, name, value', [
     ('model', 'conv_impl', 'xla'),  # how, not what: compatible
     ('model', 'layer_loop', 'unrolled'),
+    ('model', 'remat', 'none'),
     ('data', 'image_size', [16, 16]),  # a list equals the saved tuple
     (None, 'learning_rate', 0.5),  # training fields may change on resume
     (None, 'batch_size', 2),

@@ -47,7 +47,8 @@ def _future_mask(config, batch=2, seed=1):
          recall=True),
     dict(cell='mau', num_layers=3, tau=2, theta=1, residual=True),
     dict(cell='stau_t_not_s', num_layers=3, tau=1, theta=2, recall=True),
-    dict(cell='stau', num_layers=3, tau=2, theta=2, layer_loop='unrolled'),
+    dict(cell='stau', num_layers=3, tau=2, theta=2, layer_loop='unrolled',
+         remat='none'),
 ])
 def test_scan_matches_plain_unrolled_loop(overrides):
   config = _config(**overrides)
@@ -155,6 +156,27 @@ def test_gradients_are_finite_and_reach_every_parameter(cell):
     assert float(jnp.abs(grad).max()) > 0, path
 
 
+@pytest.mark.parametrize('layer_loop', ['scan', 'unrolled'])
+def test_rematerialized_cells_give_the_same_gradients(layer_loop):
+  config = _config(residual=True, layer_loop=layer_loop)
+  params = _perturbed_params(config)
+  frames, mask = _frames(config), _future_mask(config)
+
+  def gradients(remat):
+    config.model.remat = remat
+    model = models.create_model(config)
+    loss = lambda p: jnp.mean(  # noqa: E731
+        (model.apply({'params': p}, frames, mask) - frames[:, 1:])**2)
+    # Only 'cells' puts the cell under a remat (jax.checkpoint) primitive.
+    assert ('remat' in str(jax.make_jaxpr(loss)(params))) == (remat == 'cells')
+    return jax.jit(jax.grad(loss))(params)
+
+  saved_all, recomputed = gradients('none'), gradients('cells')
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+      saved_all, recomputed)
+
+
 def test_intermediates_hold_attention_and_gates(tiny_model):
   config, model, params = tiny_model
   frames = _frames(config)
@@ -211,6 +233,7 @@ def test_patching_follows_the_spec_order():
     ('data.image_size', (16, 15), 'Frame size 16x15'),
     ('data.input_length', 8, 'input_length < config.data.total_length'),
     ('model.layer_loop', 'while', 'config.model.layer_loop'),
+    ('model.remat', 'all', 'config.model.remat'),
 ])
 def test_bad_config_values_are_clear_errors(field, value, message):
   config = tiny.get_config()

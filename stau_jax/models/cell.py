@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from stau_jax import ops
 
@@ -27,6 +28,8 @@ from stau_jax import ops
 #   stau_independent   yes    yes    t_att . T'           s_spatial . S'
 # "s_not_t" reads "S does not supervise T" (Fig. 5a), "t_not_s" reads
 # "T does not supervise S" (Fig. 5b).
+# Name of every ConvNorm's convolution output, for rematerialization policies.
+CONV_OUTPUT = 'conv_output'
 CELLS = ('stau', 'mau', 'stau_no_tam', 'stau_s_not_t', 'stau_t_not_s',
          'stau_independent')
 
@@ -92,6 +95,7 @@ class ConvNorm(nn.Module):
                 conv_general_dilated=functools.partial(
                     ops.conv, impl=self.conv_impl),
                 name='conv')(x)
+    x = checkpoint_name(x, CONV_OUTPUT)
     return nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1),
                         feature_axes=(-3, -2, -1), use_fast_variance=False,
                         dtype=self.dtype, name='norm')(x)
