@@ -4,9 +4,10 @@
 kernels (pass it to `nn.Conv(conv_general_dilated=...)`); `conv_transpose`
 is `lax.conv_transpose(..., transpose_kernel=True)`. Both return the same
 values and gradients as lax to float tolerance. With impl 'fast' (chosen by
-'auto' on CPU) they rewrite every convolution as a stride-1, undilated
-one, whose backward pass XLA:CPU runs well:
-- a strided conv becomes space-to-depth followed by a stride-1 conv;
+'auto' on CPU) they rewrite every convolution as matmuls or stride-1,
+undilated convolutions, whose backward passes XLA:CPU runs well:
+- a strided conv becomes one matmul over its strided taps (im2col; 'resample'
+  uses space-to-depth followed by a stride-1 conv instead);
 - a transposed (input-dilated) conv becomes a stride-1 conv to s*s phases
   followed by depth-to-space (sub-pixel convolution);
 - the stride-1 conv has a custom VJP: the input gradient is a forward conv
@@ -85,16 +86,35 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
       return lax_conv()
     return _subpixel_conv(lhs, rhs, dilation, padding, precision, impl)
   if strides != (1, 1):
-    return _space_to_depth_conv(lhs, rhs, strides, padding, precision, impl)
+    if impl == 'resample':
+      return _space_to_depth_conv(lhs, rhs, strides, padding, precision, impl)
+    return _im2col_conv(_pad_or_crop(lhs, padding), rhs, strides, precision)
   if impl == 'resample':
     return lax_conv()
   if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
     return jnp.matmul(lhs, rhs[0, 0], precision=precision)  # a 1x1 conv
+  return _conv_valid(_pad_or_crop(lhs, padding), rhs, precision)
+
+
+def _pad_or_crop(lhs, padding):
+  """Applies explicit ((lo, hi), (lo, hi)) padding; negative values crop."""
   lhs = jnp.pad(lhs, ((0, 0),) + tuple((max(lo, 0), max(hi, 0))
                                        for lo, hi in padding) + ((0, 0),))
-  lhs = lhs[:, max(-padding[0][0], 0):lhs.shape[1] - max(-padding[0][1], 0),
-            max(-padding[1][0], 0):lhs.shape[2] - max(-padding[1][1], 0)]
-  return _conv_valid(lhs, rhs, precision)
+  return lhs[:, max(-padding[0][0], 0):lhs.shape[1] - max(-padding[0][1], 0),
+             max(-padding[1][0], 0):lhs.shape[2] - max(-padding[1][1], 0)]
+
+
+def _im2col_conv(lhs, rhs, strides, precision):
+  """A strided 'VALID' conv as one matmul: the kh*kw strided taps side by side
+  in channels (B, H', W', kh*kw*I) times the kernel as (kh*kw*I, O)."""
+  (sh, sw), (kh, kw) = strides, rhs.shape[:2]
+  out_h = (lhs.shape[1] - kh) // sh + 1
+  out_w = (lhs.shape[2] - kw) // sw + 1
+  columns = jnp.concatenate(
+      [lhs[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
+       for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.matmul(columns, rhs.reshape(-1, rhs.shape[-1]),
+                    precision=precision)
 
 
 def conv_transpose(lhs, rhs, strides, padding, precision=None, impl='auto'):

@@ -109,23 +109,25 @@ class ConvTest(parameterized.TestCase):
   @parameterized.parameters('fast', 'resample')
   def test_rewrites_leave_no_strided_or_dilated_convs(self, impl):
     """Forward and backward of a strided and a transposed conv run only
-    stride-1, undilated convs (what 'fast' and 'resample' are for)."""
+    matmuls and stride-1, undilated convs ('fast' and 'resample' exist for
+    that)."""
     lhs = jnp.ones((1, 8, 8, 2))
     strided = lambda lhs, rhs: ops.conv(  # noqa: E731
         lhs, rhs, (2, 2), 'SAME', dimension_numbers=_NHWC, impl=impl)
     transposed = lambda lhs, rhs: ops.conv_transpose(  # noqa: E731
         lhs, rhs, (2, 2), 'SAME', impl=impl)
+    convs = []
     for fn in (strided, transposed):
       jaxpr = jax.make_jaxpr(jax.grad(
           lambda lhs, rhs, fn=fn: jnp.sum(fn(lhs, rhs)), argnums=(0, 1)))(
               lhs, jnp.ones((3, 3, 2, 2)))
-      convs = [eqn for eqn in _equations(jaxpr.jaxpr)
-               if eqn.primitive.name == 'conv_general_dilated']
-      self.assertNotEmpty(convs)
-      for eqn in convs:
-        self.assertEqual(tuple(eqn.params['window_strides']), (1, 1))
-        self.assertEqual(tuple(eqn.params['lhs_dilation']), (1, 1))
-        self.assertEqual(tuple(eqn.params['rhs_dilation']), (1, 1))
+      convs += [eqn for eqn in _equations(jaxpr.jaxpr)
+                if eqn.primitive.name == 'conv_general_dilated']
+    self.assertNotEmpty(convs)
+    for eqn in convs:
+      self.assertEqual(tuple(eqn.params['window_strides']), (1, 1))
+      self.assertEqual(tuple(eqn.params['lhs_dilation']), (1, 1))
+      self.assertEqual(tuple(eqn.params['rhs_dilation']), (1, 1))
 
   def test_resample_keeps_lax_for_stride_one_convs(self):
     lhs, rhs = jnp.ones((1, 8, 8, 2)), jnp.ones((5, 5, 2, 3))
