@@ -36,13 +36,24 @@ CONV_IMPLS = ('auto', 'xla', 'fast', 'resample')
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
+def resolve_auto(name, value, choices, other, **by_backend):
+  """Checks `value` against `choices` and resolves 'auto' for this backend.
+
+  'auto' becomes by_backend[jax.default_backend()] (keywords cpu=, gpu=, ...)
+  or `other` for a backend not named. Shared by every per-backend option
+  (conv_impl here, the model's layer_loop and remat).
+  """
+  if value not in choices:
+    raise ValueError(f'{name} must be one of {choices}; got {value!r}.')
+  if value == 'auto':
+    return by_backend.get(jax.default_backend(), other)
+  return value
+
+
 def resolve_conv_impl(impl='auto'):
   """'auto' -> 'fast' on CPU, 'resample' on GPU, else 'xla'; others checked."""
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}; got {impl!r}.')
-  if impl == 'auto':
-    return {'cpu': 'fast', 'gpu': 'resample'}.get(jax.default_backend(), 'xla')
-  return impl
+  return resolve_auto('conv_impl', impl, CONV_IMPLS, 'xla', cpu='fast',
+                      gpu='resample')
 
 
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -87,7 +98,7 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return _subpixel_conv(lhs, rhs, dilation, padding, precision, impl)
   if strides != (1, 1):
     if impl == 'resample':
-      return _space_to_depth_conv(lhs, rhs, strides, padding, precision, impl)
+      return _space_to_depth_conv(lhs, rhs, strides, padding, precision)
     return _im2col_conv(_pad_or_crop(lhs, padding), rhs, strides, precision)
   if impl == 'resample':
     return lax_conv()
@@ -192,16 +203,8 @@ def _conv_valid_bwd(precision, residuals, grad):
 _conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
 
 
-def _valid_conv(lhs, rhs, precision, impl):
-  """Stride-1 'VALID' conv: ours with the custom VJP for 'fast', else lax's."""
-  if impl == 'fast':
-    return _conv_valid(lhs, rhs, precision)
-  return lax.conv_general_dilated(lhs, rhs, (1, 1), 'VALID',
-                                  dimension_numbers=_NHWC, precision=precision)
-
-
-def _space_to_depth_conv(lhs, rhs, strides, padding, precision, impl):
-  """A strided conv as space-to-depth then a stride-1 conv.
+def _space_to_depth_conv(lhs, rhs, strides, padding, precision):
+  """A strided conv as space-to-depth then a stride-1 conv (lax's: 'resample').
 
   With a = s*q + r, y[n] = sum_a x_pad[s*n + a] k[a] = sum_q z[n + q, r] k[s*q + r],
   where z[m, r] = x_pad[s*m + r] puts the s phases into channels.
@@ -225,7 +228,8 @@ def _space_to_depth_conv(lhs, rhs, strides, padding, precision, impl):
   kernel = kernel.reshape(qh, sh, qw, sw, *rhs.shape[2:])
   kernel = kernel.transpose(0, 2, 1, 3, 4, 5).reshape(
       qh, qw, sh * sw * rhs.shape[2], rhs.shape[3])
-  return _valid_conv(lhs, kernel, precision, impl)
+  return lax.conv_general_dilated(lhs, kernel, (1, 1), 'VALID',
+                                  dimension_numbers=_NHWC, precision=precision)
 
 
 def _subpixel_conv(lhs, rhs, dilation, padding, precision, impl):

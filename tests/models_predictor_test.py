@@ -232,6 +232,7 @@ def test_patching_follows_the_spec_order():
     ('model.num_downsample', 5, 'divisible by patch_size'),
     ('data.image_size', (16, 15), 'Frame size 16x15'),
     ('data.input_length', 8, 'input_length < config.data.total_length'),
+    ('model.conv_impl', 'cudnn', 'config.model.conv_impl'),
     ('model.layer_loop', 'while', 'config.model.layer_loop'),
     ('model.remat', 'all', 'config.model.remat'),
 ])

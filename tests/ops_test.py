@@ -20,6 +20,12 @@ def _value_and_grads(fn, lhs, rhs):
   return fn(lhs, rhs), jax.grad(loss, argnums=(0, 1))(lhs, rhs)
 
 
+def _normal(seed, *shapes):
+  """One float32 standard-normal array per shape, from one seeded stream."""
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes]
+
+
 def _equations(jaxpr):
   """All equations of a jaxpr, those of its sub-jaxprs included."""
   for eqn in jaxpr.eqns:
@@ -55,12 +61,8 @@ class ConvTest(parameterized.TestCase):
   )
   def test_conv(self, batch, height, width, features_in, features_out, kernel,
                 stride, padding):
-    rng = np.random.default_rng(0)
-    lhs = jnp.asarray(rng.normal(size=(batch, height, width, features_in)),
-                      jnp.float32)
-    rhs = jnp.asarray(
-        rng.normal(size=(kernel, kernel, features_in, features_out)),
-        jnp.float32)
+    lhs, rhs = _normal(0, (batch, height, width, features_in),
+                       (kernel, kernel, features_in, features_out))
     conv = lambda impl: lambda lhs, rhs: ops.conv(  # noqa: E731
         lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC,
         impl=impl)
@@ -77,12 +79,8 @@ class ConvTest(parameterized.TestCase):
   )
   def test_conv_transpose(self, batch, height, width, features_in,
                           features_out, kernel, stride, padding):
-    rng = np.random.default_rng(1)
-    lhs = jnp.asarray(rng.normal(size=(batch, height, width, features_in)),
-                      jnp.float32)
-    rhs = jnp.asarray(
-        rng.normal(size=(kernel, kernel, features_out, features_in)),
-        jnp.float32)
+    lhs, rhs = _normal(1, (batch, height, width, features_in),
+                       (kernel, kernel, features_out, features_in))
     conv_transpose = lambda impl: lambda lhs, rhs: ops.conv_transpose(  # noqa: E731
         lhs, rhs, (stride, stride), padding, impl=impl)
     reference = lambda lhs, rhs: lax.conv_transpose(  # noqa: E731
@@ -148,6 +146,17 @@ class ConvTest(parameterized.TestCase):
                          jax.default_backend(), 'xla'))
     with self.assertRaisesRegex(ValueError, 'conv_impl'):
       ops.resolve_conv_impl('cudnn')
+
+  def test_resolve_auto_falls_back_for_backends_not_named(self):
+    choices = ('auto', 'a', 'b')
+    self.assertEqual(ops.resolve_auto('opt', 'a', choices, 'b'), 'a')
+    self.assertEqual(
+        ops.resolve_auto('opt', 'auto', choices, 'b',
+                         **{jax.default_backend(): 'a'}), 'a')
+    self.assertEqual(ops.resolve_auto('opt', 'auto', choices, 'b',
+                                      not_a_backend='a'), 'b')
+    with self.assertRaisesRegex(ValueError, r"opt must be one of .*; got 'c'"):
+      ops.resolve_auto('opt', 'c', choices, 'b')
 
 
 if __name__ == '__main__':

@@ -4,9 +4,10 @@ Frames are NHWC per time step. The model runs t = 0 .. T-2 and predicts frame
 t+1 at each step (../shared/STAU_SPEC.md, "Frames in, frames out"). Both loops
 are `nn.scan`s, so the compiled program does not grow with the number of
 frames or layers (off CPU the layer scan is unrolled by default for speed,
-see `resolve_layer_loop`; the parameters are the same either way). The time-scan carry holds fixed-size ring buffers: per layer
-the last tau temporal states and the last tau input spatial states, written
-at slot t % tau. Inside one step, the layer scan carries two theta-slot
+see `resolve_layer_loop`; the parameters are the same either way). The
+time-scan carry holds fixed-size ring buffers: per layer the last tau
+temporal states and the last tau input spatial states, written at slot
+t % tau. Inside one step, the layer scan carries two theta-slot
 buffers of the current step's lower-layer states, written at slot k % theta
 and masked where fewer than theta layers have been visited. Softmax attention
 is invariant to the order of its entries, so ring order equals the
@@ -36,21 +37,12 @@ _SAVE_CONV_OUTPUTS = jax.checkpoint_policies.save_only_these_names(
     CONV_OUTPUT)
 
 
-def _by_backend(name, value, choices, on_cpu, elsewhere):
-  """Checks value against choices and resolves 'auto' for this backend."""
-  if value not in choices:
-    raise ValueError(f'{name} must be one of {choices}; got {value!r}.')
-  if value == 'auto':
-    return on_cpu if jax.default_backend() == 'cpu' else elsewhere
-  return value
-
-
 def resolve_layer_loop(layer_loop='auto'):
   """'auto' -> 'scan' on CPU (one compiled layer, compile time flat in the
   layer count), else 'unrolled' (no per-layer loop overhead: 125 -> 101 ms per
   H100 training step of configs/mmnist.py at batch 16)."""
-  return _by_backend('layer_loop', layer_loop, LAYER_LOOPS, 'scan',
-                     'unrolled')
+  return ops.resolve_auto('layer_loop', layer_loop, LAYER_LOOPS, 'unrolled',
+                          cpu='scan')
 
 
 def resolve_remat(remat='auto'):
@@ -62,7 +54,7 @@ def resolve_remat(remat='auto'):
   of 9.0 s per training step and 2.8 instead of 4.6 GB peak memory. Not yet
   measured on GPU, so 'none' stays the default there.
   """
-  return _by_backend('remat', remat, REMATS, 'cells', 'none')
+  return ops.resolve_auto('remat', remat, REMATS, 'none', cpu='cells')
 
 
 def patch_frames(frames, patch_size):
@@ -378,7 +370,8 @@ def validate_model_config(config):
     if not isinstance(value, int) or value < 1:
       raise ValueError(f'config.model.{name} must be a positive integer; '
                        f'got {value!r}.')
-  for name, choices in (('layer_loop', LAYER_LOOPS), ('remat', REMATS)):
+  for name, choices in (('conv_impl', ops.CONV_IMPLS),
+                        ('layer_loop', LAYER_LOOPS), ('remat', REMATS)):
     if model.get(name, 'auto') not in choices:
       raise ValueError(f'config.model.{name}={model[name]!r} is unknown; '
                        f'choose one of {choices}.')
