@@ -97,7 +97,7 @@ def train_step(state, frames, *, model, optimizer, config):
   Args:
     state: this device's copy of the TrainState.
     frames: (B_device, T, H, W, C) frames in [0, 1].
-    model: the STAUPredictor (its dtype is the compute dtype).
+    model: the Predictor (its dtype is the compute dtype).
     optimizer: from `create_optimizer`.
     config: experiment config.
 

@@ -3,7 +3,7 @@
 An independent reference for the tests: no flax modules, no scans, no ring
 buffers; Python lists that grow and are sliced exactly as the spec describes,
 and a softmax over a variable number of lower layers. It reads the parameter
-tree of `stau_jax.models.STAUPredictor` (cell parameters stacked over layers).
+tree of `stau_jax.models.Predictor` (cell parameters stacked over layers).
 """
 import math
 

@@ -1,7 +1,7 @@
-"""STAU models: the cell, its variants and the scanned video predictor."""
-from stau_jax.models.cell import CELLS, STAUCell
-from stau_jax.models.predictor import (STAUPredictor, count_params,
+"""Video prediction models: the predictor, its front-ends and its units."""
+from stau_jax.models.predictor import (Predictor, conv_factory, count_params,
                                        create_model, init_params,
-                                       param_shapes, patch_frames,
-                                       ring_order, unpatch_frames,
-                                       validate_model_config)
+                                       norm_factory, param_shapes,
+                                       patch_frames, ring_order,
+                                       unpatch_frames, validate_model_config)
+from stau_jax.models.registry import CELLS

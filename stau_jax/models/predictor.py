@@ -1,46 +1,47 @@
-"""The STAU video predictor: encoder, stacked cells scanned over layers and time, decoder.
+"""The video predictor: a front-end, stacked recurrent units, scans over time.
 
 Frames are NHWC per time step. The model runs t = 0 .. T-2 and predicts frame
-t+1 at each step (../shared/STAU_SPEC.md, "Frames in, frames out"). Both loops
-are `nn.scan`s, so the compiled program does not grow with the number of
-frames or layers (off CPU the layer scan is unrolled by default for speed,
-see `resolve_layer_loop`; the parameters are the same either way). The
-time-scan carry holds fixed-size ring buffers: per layer the last tau
-temporal states and the last tau input spatial states, written at slot
-t % tau. Inside one step, the layer scan carries two theta-slot
-buffers of the current step's lower-layer states, written at slot k % theta
-and masked where fewer than theta layers have been visited. Softmax attention
-is invariant to the order of its entries, so ring order equals the
-reference's list order.
+t+1 at each step (../shared/STAU_SPEC.md, "Frames in, frames out"). The
+front-end (frontends.py) encodes the chosen input frame, the unit's layers
+(unit.py: any unit of registry.py) run bottom to top, the front-end decodes
+the top layer's output. Both loops are `nn.scan`s, so the compiled program
+does not grow with the number of frames or layers (off CPU the layer scan is
+unrolled by default for speed, see `resolve_layer_loop`; the parameters are
+the same either way). Everything a unit carries through time (e.g. STAU's
+ring buffers) lives in fixed-size arrays in the time scan's carry.
 
-Collected on request (`mutable=['intermediates']`): alpha (T-1, L, tau, B),
-beta (T-1, L, theta, B) and the gates F_T, F_S, U_T, U_S
+Collected on request (`mutable=['intermediates']`), for STAU: alpha
+(T-1, L, tau, B), beta (T-1, L, theta, B) and the gates F_T, F_S, U_T, U_S
 (T-1, L, B, h, w, C), in ring-slot order (see `ring_order`).
 """
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 
 from stau_jax import ops
 from stau_jax import shapes
-from stau_jax.models.cell import CELLS, CONV_OUTPUT, STAUCell
+from stau_jax.models import frontends
+from stau_jax.models import registry
+from stau_jax.models import unit
 
 
 LAYER_LOOPS = ('auto', 'scan', 'unrolled')
 REMATS = ('auto', 'none', 'cells')
-# Rematerialized cells keep only their convolution outputs for the backward.
+# Name of every convolution output, for rematerialization policies.
+CONV_OUTPUT = 'conv_output'
+# Rematerialized layers keep only their convolution outputs for the backward.
 _SAVE_CONV_OUTPUTS = jax.checkpoint_policies.save_only_these_names(
     CONV_OUTPUT)
 
 
 def resolve_layer_loop(layer_loop='auto'):
   """'auto' -> 'scan' on CPU (one compiled layer, compile time flat in the
-  layer count), else 'unrolled' (no per-layer loop overhead: 125 -> 101 ms per
-  H100 training step of configs/mmnist.py at batch 16)."""
+  layer count), else 'unrolled' (no per-layer loop overhead; README "Speed")."""
   return ops.resolve_auto('layer_loop', layer_loop, LAYER_LOOPS, 'unrolled',
                           cpu='scan')
 
@@ -48,11 +49,10 @@ def resolve_layer_loop(layer_loop='auto'):
 def resolve_remat(remat='auto'):
   """'auto' -> 'cells' on CPU, else 'none'.
 
-  'cells' recomputes each cell's normalization, gates and attention in the
+  'cells' recomputes each layer's normalization, gates and attention in the
   backward pass from its saved convolution outputs instead of storing every
-  intermediate: on the 2-core CPU (configs/mmnist.py, batch 8) 8.5 instead
-  of 9.0 s per training step and 2.8 instead of 4.6 GB peak memory. Not yet
-  measured on GPU, so 'none' stays the default there.
+  intermediate: on the CPU a little faster and much less memory (README
+  "Speed"). Not yet measured on GPU, so 'none' stays the default there.
   """
   return ops.resolve_auto('remat', remat, REMATS, 'none', cpu='cells')
 
@@ -89,201 +89,121 @@ def ring_order(step, size):
   return np.arange(step + 1, step + 1 + size) % size
 
 
-class Encoder(nn.Module):
-  """1x1 conv to C channels, then `num_downsample` stride-2 3x3 convs.
+def conv_factory(dtype=jnp.float32, conv_impl='auto'):
+  """`nn.Conv` computing in `dtype` with the `conv_impl` lowering.
 
-  Returns every output (full resolution first): `recall` adds them back in
-  the decoder.
+  Its outputs are named CONV_OUTPUT, which is all that rematerialized layers
+  keep for the backward pass (`resolve_remat`).
   """
-  num_hidden: int
-  num_downsample: int
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
-
-  @nn.compact
-  def __call__(self, frame):
-    x = nn.leaky_relu(nn.Conv(self.num_hidden, (1, 1), dtype=self.dtype,
-                              conv_general_dilated=functools.partial(
-                                  ops.conv, impl=self.conv_impl),
-                              name='embed')(frame), 0.2)
-    features = [x]
-    for i in range(self.num_downsample):
-      x = nn.Conv(self.num_hidden, (3, 3), strides=(2, 2),
-                  padding=((1, 1), (1, 1)), dtype=self.dtype,
-                  conv_general_dilated=functools.partial(
-                      ops.conv, impl=self.conv_impl),
-                  name=f'down_{i}')(x)
-      x = nn.leaky_relu(x, 0.2)
-      features.append(x)
-    return features
+  def tagged_conv(*args, **kwargs):
+    return checkpoint_name(ops.conv(*args, impl=conv_impl, **kwargs),
+                           CONV_OUTPUT)
+  return functools.partial(nn.Conv, dtype=dtype,
+                           conv_general_dilated=tagged_conv)
 
 
-class ConvTranspose(nn.Module):
-  """`nn.ConvTranspose(transpose_kernel=True)` computed by `ops.conv_transpose`.
-
-  Same parameters as flax's: 'kernel' (kh, kw, features, in_features), as
-  PyTorch's ConvTranspose2d weight up to axis order, and 'bias' (features,).
-  """
-  features: int
-  kernel_size: tuple[int, int]
-  strides: tuple[int, int]
-  padding: Any
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
-
-  @nn.compact
-  def __call__(self, x):
-    """(B, h, w, in_features) -> (B, h', w', features)."""
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        self.kernel_size + (self.features, x.shape[-1]))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = ops.conv_transpose(x, kernel, self.strides, self.padding,
-                           impl=self.conv_impl)
-    return y + bias
+def norm_factory(dtype=jnp.float32):
+  """LayerNorm over (h, w, C) jointly with elementwise (h, w, C) scale and
+  bias, as PyTorch's nn.LayerNorm([C, h, w]) (eps 1e-5)."""
+  return functools.partial(nn.LayerNorm, epsilon=1e-5,
+                           reduction_axes=(-3, -2, -1),
+                           feature_axes=(-3, -2, -1), use_fast_variance=False,
+                           dtype=dtype)
 
 
-class Decoder(nn.Module):
-  """`num_downsample` stride-2 transposed 3x3 convs, then a 1x1 conv to frames.
-
-  Each transposed conv exactly doubles h and w (PyTorch's padding 1,
-  output_padding 1); LeakyReLU(0.2) after all but the last; with `recall`,
-  the encoder output of the same resolution is added after each.
-  """
-  num_hidden: int
-  num_downsample: int
-  frame_channels: int
-  recall: bool = False
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
-
-  @nn.compact
-  def __call__(self, spatial, encoded):
-    x = spatial
-    n = self.num_downsample
-    for i in range(n):
-      x = ConvTranspose(self.num_hidden, (3, 3), strides=(2, 2),
-                        padding=((1, 2), (1, 2)), dtype=self.dtype,
-                        conv_impl=self.conv_impl, name=f'up_{i}')(x)
-      if i < n - 1:
-        x = nn.leaky_relu(x, 0.2)
-      if self.recall:
-        x = x + encoded[n - 1 - i]
-    return nn.Conv(self.frame_channels, (1, 1), dtype=self.dtype,
-                   conv_general_dilated=functools.partial(
-                       ops.conv, impl=self.conv_impl),
-                   name='readout')(x)
-
-
-class _LayerStep(nn.Module):
-  """One layer of one time step, scanned over layers (params stacked on axis 0).
-
-  Carry: (spatial input S_t^{k-1}, lower_temporal, lower_spatial), the two
-  theta-slot stacks of this step. Per-layer inputs: (k, T_{t-1}^k, temporal
-  history, spatial history). Broadcast: the time ring slot t % tau.
-  """
-  num_hidden: int
-  filter_size: int
-  theta: int
-  cell: str
-  residual: bool
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
-  remat: str = 'auto'
-
-  @nn.compact
-  def __call__(self, carry, layer_inputs, time_slot):
-    spatial, lower_temporal, lower_spatial = carry
-    layer, temporal, temporal_history, spatial_history = layer_inputs
-    slot = layer % self.theta
-    lower_temporal = lower_temporal.at[slot].set(temporal)
-    lower_spatial = lower_spatial.at[slot].set(spatial)
-    lower_valid = jnp.arange(self.theta) <= layer
-    cell_type = STAUCell
-    if resolve_remat(self.remat) == 'cells':
-      cell_type = nn.remat(STAUCell, policy=_SAVE_CONV_OUTPUTS)
-    new_temporal, new_spatial = cell_type(
-        self.num_hidden, self.filter_size, self.cell, self.residual,
-        self.dtype, self.conv_impl, name='cell')(
-            temporal, spatial, temporal_history, spatial_history,
-            lower_temporal, lower_spatial, lower_valid)
-    temporal_history = temporal_history.at[time_slot].set(new_temporal)
-    spatial_history = spatial_history.at[time_slot].set(spatial)
-    return ((new_spatial, lower_temporal, lower_spatial),
-            (new_temporal, temporal_history, spatial_history))
+def _stacked(tree, count):
+  """`tree` repeated on a new leading axis of size `count`."""
+  return jax.tree_util.tree_map(
+      lambda leaf: jnp.broadcast_to(leaf, (count,) + leaf.shape), tree)
 
 
 class _TimeStep(nn.Module):
-  """One time step: choose the input frame, encode, run all layers, decode."""
-  num_layers: int
-  num_hidden: int
-  filter_size: int
-  tau: int
-  theta: int
-  num_downsample: int
-  frame_channels: int
-  cell: str
-  residual: bool
-  recall: bool
+  """One time step: choose the input frame, encode, run all layers, decode.
+
+  Carry: (per-group layer states stacked over the group's layers, the flow
+  when it crosses time, the previous prediction). Inputs: (frame, mask of
+  where it is true, step t).
+  """
+  groups: tuple[unit.LayerGroup, ...]
+  encoder: Callable[..., nn.Module]
+  decoder: Callable[..., nn.Module]
+  return_hidden: bool
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
   layer_loop: str = 'auto'
   remat: str = 'auto'
+
+  def _layers(self, group, inputs, flow, states, step, first_layer):
+    """Runs one group's layers: an nn.scan with parameters stacked on axis 0."""
+    def body(layer, carry, layer_inputs, step):
+      inputs, flow = carry
+      state, index = layer_inputs
+      outputs, flow, state = layer(inputs, flow, state, step, index)
+      return (outputs, flow), (state, outputs if self.return_hidden else None)
+
+    if resolve_remat(self.remat) == 'cells':
+      body = nn.remat(body, policy=_SAVE_CONV_OUTPUTS)
+    unrolled = resolve_layer_loop(self.layer_loop) == 'unrolled'
+    scan = nn.scan(body, variable_axes={'params': 0, 'intermediates': 0},
+                   split_rngs={'params': True}, in_axes=(0, nn.broadcast),
+                   length=group.count, unroll=group.count if unrolled else 1)
+    indices = first_layer + jnp.arange(group.count)
+    return scan(group.layer(name=group.name), (inputs, flow),
+                (states, indices), step)
 
   @nn.compact
   def __call__(self, carry, step_inputs):
-    temporal, temporal_history, spatial_history, prediction = carry
-    frame, true_frame_mask, time_slot = step_inputs
+    states, flow, prediction = carry
+    frame, true_frame_mask, step = step_inputs
     frame = true_frame_mask * frame + (1 - true_frame_mask) * prediction
-    encoded = Encoder(self.num_hidden, self.num_downsample, self.dtype,
-                      self.conv_impl, name='encoder')(frame.astype(self.dtype))
-    spatial = encoded[-1]
-    lower_stack = jnp.zeros((self.theta,) + spatial.shape, spatial.dtype)
-    layers = nn.scan(
-        _LayerStep, variable_axes={'params': 0, 'intermediates': 0},
-        split_rngs={'params': True}, in_axes=(0, nn.broadcast),
-        length=self.num_layers,
-        unroll=(self.num_layers if resolve_layer_loop(self.layer_loop)
-                == 'unrolled' else 1))(
-            self.num_hidden, self.filter_size, self.theta, self.cell,
-            self.residual, self.dtype, self.conv_impl, self.remat,
-            name='cells')
-    (spatial, _, _), (temporal, temporal_history, spatial_history) = layers(
-        (spatial, lower_stack, lower_stack),
-        (jnp.arange(self.num_layers), temporal, temporal_history,
-         spatial_history), time_slot)
-    prediction = Decoder(self.num_hidden, self.num_downsample,
-                         self.frame_channels, self.recall, self.dtype,
-                         self.conv_impl, name='decoder')(spatial, encoded)
-    prediction = prediction.astype(jnp.float32)
-    return (temporal, temporal_history, spatial_history, prediction), prediction
+    encoded = self.encoder(name='encoder')(frame.astype(self.dtype))
+    x = encoded[-1]
+    bottom = self.groups[0].layer(parent=None)
+    if not bottom.flow_crosses_time:
+      flow = bottom.initial_flow(*x.shape[:3], self.dtype)
+    new_states, hidden, first_layer = [], [], 0
+    for group, group_states in zip(self.groups, states):
+      (x, flow), (group_states, group_hidden) = self._layers(
+          group, x, flow, group_states, step, first_layer)
+      new_states.append(group_states)
+      hidden.append(group_hidden)
+      first_layer += group.count
+    prediction = self.decoder(name='decoder')(x, encoded).astype(jnp.float32)
+    outputs = prediction
+    if self.return_hidden:
+      outputs = (prediction, jnp.concatenate(hidden, axis=0))
+    if not bottom.flow_crosses_time:
+      flow = ()
+    return (tuple(new_states), flow, prediction), outputs
 
 
-class STAUPredictor(nn.Module):
-  """The STAU video predictor (and its variants, see `cell.CELLS`).
+class Predictor(nn.Module):
+  """The video predictor: a front-end around stacked recurrent units.
 
   `apply(variables, frames, sampling_mask)` with frames (B, T, H, W, c) in
   [0, 1] returns the T-1 predicted frames (B, T-1, H, W, c) for x[1:].
-  Attributes mirror `config.model` plus `input_length`; see `create_model`.
+  Build it with `create_model(config)`.
+
+  Attributes:
+    groups: the unit's layers, bottom first (unit.LayerGroup).
+    encoder, decoder: the front-end's module factories (frontends.build).
+    in_features: channels the encoder gives the bottom layer.
+    patch_size, num_downsample: patching and the front-end's downsampling,
+      which fix the hidden grid (H/p/2^n, W/p/2^n).
+    input_length: frames always observed.
   """
-  num_layers: int
-  num_hidden: int
-  filter_size: int
-  tau: int
-  theta: int
-  num_downsample: int
+  groups: tuple[unit.LayerGroup, ...]
+  encoder: Callable[..., nn.Module]
+  decoder: Callable[..., nn.Module]
+  in_features: int
   patch_size: int
+  num_downsample: int
   input_length: int
-  cell: str = 'stau'
-  residual: bool = False
-  recall: bool = False
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
   layer_loop: str = 'auto'
   remat: str = 'auto'
 
   @nn.compact
-  def __call__(self, frames, sampling_mask=None):
+  def __call__(self, frames, sampling_mask=None, return_hidden=False):
     """Predicts frames 1..T-1.
 
     Args:
@@ -295,9 +215,13 @@ class STAUPredictor(nn.Module):
         pure autoregressive prediction. A mask of T - 2 steps instead
         (reverse scheduled sampling, PredRNN-v2) covers steps 1 .. T-2:
         every input after the first.
+      return_hidden: also return every layer's output (its hidden state)
+        at every step.
 
     Returns:
-      (B, T-1, H, W, c) float32 predictions of frames[:, 1:].
+      (B, T-1, H, W, c) float32 predictions of frames[:, 1:]; with
+      `return_hidden`, the pair (predictions, hidden) with hidden
+      (B, T-1, L, h, w, C) in the compute dtype, h x w the hidden grid.
     """
     check_frame_shape(frames.shape, self.patch_size, self.num_downsample,
                       self.input_length)
@@ -322,27 +246,36 @@ class STAUPredictor(nn.Module):
         [jnp.ones((batch, num_always_true) + patch_shape, jnp.float32),
          masked], axis=1)
 
-    grid_h = patch_shape[0] // 2**self.num_downsample
-    grid_w = patch_shape[1] // 2**self.num_downsample
-    state = jnp.zeros((self.num_layers, batch, grid_h, grid_w,
-                       self.num_hidden), self.dtype)
-    history = jnp.zeros((self.num_layers, self.tau) + state.shape[1:],
-                        self.dtype)
-    carry = (state, history, history,
+    grid = (batch, patch_shape[0] // 2**self.num_downsample,
+            patch_shape[1] // 2**self.num_downsample)
+    in_features = self.in_features
+    states = []
+    for group in self.groups:
+      layer = group.layer(parent=None)
+      states.append(_stacked(
+          layer.initial_state(*grid, in_features, self.dtype), group.count))
+      in_features = layer.num_hidden
+    bottom = self.groups[0].layer(parent=None)
+    flow = (bottom.initial_flow(*grid, self.dtype)
+            if bottom.flow_crosses_time else ())
+    carry = (tuple(states), flow,
              jnp.zeros((batch,) + patch_shape, jnp.float32))
     time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
     step_inputs = (time_major(patches[:, :-1]), time_major(true_frame_mask),
-                   jnp.arange(length - 1) % self.tau)
+                   jnp.arange(length - 1))
     unroll = nn.scan(
         _TimeStep, variable_broadcast='params',
         variable_axes={'intermediates': 0}, split_rngs={'params': False},
         length=length - 1)(
-            self.num_layers, self.num_hidden, self.filter_size, self.tau,
-            self.theta, self.num_downsample, patch_shape[-1], self.cell,
-            self.residual, self.recall, self.dtype, self.conv_impl,
-            self.layer_loop, self.remat, name='unroll')
-    _, predictions = unroll(carry, step_inputs)
-    return unpatch_frames(time_major(predictions), self.patch_size)
+            self.groups, self.encoder, self.decoder, return_hidden,
+            self.dtype, self.layer_loop, self.remat, name='unroll')
+    _, outputs = unroll(carry, step_inputs)
+    if return_hidden:
+      predictions, hidden = outputs
+      # (T-1, L, B, h, w, C) -> (B, T-1, L, h, w, C)
+      hidden = jnp.moveaxis(hidden, 2, 0)
+      return unpatch_frames(time_major(predictions), self.patch_size), hidden
+    return unpatch_frames(time_major(outputs), self.patch_size)
 
 
 def check_frame_shape(shape, patch_size, num_downsample, input_length):
@@ -361,9 +294,9 @@ def check_frame_shape(shape, patch_size, num_downsample, input_length):
 def validate_model_config(config):
   """Raises ValueError naming the first bad `config.model`/`config.data` value."""
   model, data = config.model, config.data
-  if model.cell not in CELLS:
+  if model.cell not in registry.UNITS:
     raise ValueError(f'config.model.cell={model.cell!r} is unknown; '
-                     f'choose one of {CELLS}.')
+                     f'choose one of {registry.CELLS}.')
   for name in ('num_layers', 'num_hidden', 'tau', 'theta', 'patch_size',
                'filter_size'):
     value = model[name]
@@ -371,8 +304,9 @@ def validate_model_config(config):
       raise ValueError(f'config.model.{name} must be a positive integer; '
                        f'got {value!r}.')
   for name, choices in (('conv_impl', ops.CONV_IMPLS),
-                        ('layer_loop', LAYER_LOOPS), ('remat', REMATS)):
-    if model.get(name, 'auto') not in choices:
+                        ('layer_loop', LAYER_LOOPS), ('remat', REMATS),
+                        ('frontend', frontends.FRONTENDS)):
+    if model.get(name, choices[0]) not in choices:
       raise ValueError(f'config.model.{name}={model[name]!r} is unknown; '
                        f'choose one of {choices}.')
   if model.filter_size % 2 == 0:
@@ -381,6 +315,14 @@ def validate_model_config(config):
   if not isinstance(model.num_downsample, int) or model.num_downsample < 0:
     raise ValueError(f'config.model.num_downsample must be an integer >= 0; '
                      f'got {model.num_downsample!r}.')
+  if model.get('frontend', 'stau') == 'patch' and model.num_downsample:
+    raise ValueError(f"config.model.frontend='patch' feeds patched frames to "
+                     f'the bottom layer without downsampling: set '
+                     f'config.model.num_downsample=0 (got '
+                     f'{model.num_downsample}).')
+  if not isinstance(model.get('layer_norm', False), bool):
+    raise ValueError(f'config.model.layer_norm must be True or False; got '
+                     f'{model.layer_norm!r}.')
   if not 1 <= data.input_length < data.total_length:
     raise ValueError(
         f'Need 1 <= config.data.input_length < config.data.total_length; got '
@@ -392,18 +334,28 @@ def validate_model_config(config):
 
 
 def create_model(config, dtype=jnp.float32):
-  """Builds the `STAUPredictor` that `config` describes, after validating it."""
+  """Builds the `Predictor` that `config` describes, after validating it.
+
+  `config.model.frontend` and `layer_norm` default to 'stau' and False
+  (configs and export files written before they existed).
+  """
   validate_model_config(config)
   model = config.model
-  return STAUPredictor(
-      num_layers=model.num_layers, num_hidden=model.num_hidden,
-      filter_size=model.filter_size, tau=model.tau, theta=model.theta,
-      num_downsample=model.num_downsample, patch_size=model.patch_size,
-      input_length=config.data.input_length, cell=model.cell,
-      residual=model.residual, recall=model.recall,
-      conv_impl=model.get('conv_impl', 'auto'),
+  conv_impl = model.get('conv_impl', 'auto')
+  conv = conv_factory(dtype, conv_impl)
+  conv_transpose = functools.partial(frontends.ConvTranspose, dtype=dtype,
+                                     conv_impl=conv_impl)
+  frontend = model.get('frontend', 'stau')
+  frame_channels = model.patch_size**2 * config.data.channels
+  encoder, decoder, in_features = frontends.build(
+      model, frontend, frame_channels, conv, conv_transpose)
+  groups = registry.layer_groups(model, frontend, conv, norm_factory(dtype))
+  return Predictor(
+      groups=groups, encoder=encoder, decoder=decoder, in_features=in_features,
+      patch_size=model.patch_size, num_downsample=model.num_downsample,
+      input_length=config.data.input_length, dtype=dtype,
       layer_loop=model.get('layer_loop', 'auto'),
-      remat=model.get('remat', 'auto'), dtype=dtype)
+      remat=model.get('remat', 'auto'))
 
 
 def param_shapes(config):

@@ -1,19 +1,24 @@
-"""The STAU cell and its ablation variants: one layer at one time step.
+"""The STAU unit (and MAU and STAU's ablation variants): cell and layer.
 
 Shapes are NHWC: B batch, h x w hidden grid, C hidden channels. The equations
 are those of ../shared/STAU_SPEC.md ("The cell"), which follow the authors'
-PyTorch STAUCell/MAUCell.
+PyTorch STAUCell/MAUCell. `STAULayer` wraps the cell with its bookkeeping:
+per layer, ring buffers of the last tau temporal states and the last tau
+input spatial states (written at slot t % tau), and inside one step two
+theta-slot stacks of the lower layers' states (written at slot k % theta,
+masked where fewer than theta layers have been visited). Softmax attention
+is invariant to the order of its entries, so ring order equals the
+reference's list order.
 """
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
-from stau_jax import ops
+from stau_jax.models import unit
 
 # Which states each variant's two attentions compare (spec, "Variants"):
 # temporal attention (alpha, over the last tau steps) and spatial attention
@@ -28,8 +33,6 @@ from stau_jax import ops
 #   stau_independent   yes    yes    t_att . T'           s_spatial . S'
 # "s_not_t" reads "S does not supervise T" (Fig. 5a), "t_not_s" reads
 # "T does not supervise S" (Fig. 5b).
-# Name of every ConvNorm's convolution output, for rematerialization policies.
-CONV_OUTPUT = 'conv_output'
 CELLS = ('stau', 'mau', 'stau_no_tam', 'stau_s_not_t', 'stau_t_not_s',
          'stau_independent')
 
@@ -79,26 +82,20 @@ def attend(weights, values):
 class ConvNorm(nn.Module):
   """Square 'same' conv with bias, then LayerNorm over (h, w, C) jointly.
 
-  The LayerNorm has elementwise scale and bias of shape (h, w, C), as
-  PyTorch's nn.LayerNorm([C, h, w]) (eps 1e-5). `conv_impl` picks the
-  convolution lowering (`ops.resolve_conv_impl`); parameters are the same.
+  `conv` and `norm` are the predictor's factories (predictor.conv_factory,
+  predictor.norm_factory): the LayerNorm has elementwise scale and bias of
+  shape (h, w, C), as PyTorch's nn.LayerNorm([C, h, w]) (eps 1e-5).
   """
   features: int
   filter_size: int
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, (self.filter_size, self.filter_size),
-                padding='SAME', dtype=self.dtype,
-                conv_general_dilated=functools.partial(
-                    ops.conv, impl=self.conv_impl),
-                name='conv')(x)
-    x = checkpoint_name(x, CONV_OUTPUT)
-    return nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1),
-                        feature_axes=(-3, -2, -1), use_fast_variance=False,
-                        dtype=self.dtype, name='norm')(x)
+    x = self.conv(self.features, (self.filter_size, self.filter_size),
+                  padding='SAME', name='conv')(x)
+    return self.norm(name='norm')(x)
 
 
 class STAUCell(nn.Module):
@@ -107,16 +104,16 @@ class STAUCell(nn.Module):
   Attributes:
     num_hidden: C, channels of every state.
     filter_size: spatial size of the four convolutions.
-    cell: one of CELLS.
+    variant: what the cell computes (`VARIANTS`).
     residual: add the input S to S_new (gamma = 1 in the paper's Table 1).
-    conv_impl: convolution lowering, see `ops.resolve_conv_impl`.
+    conv, norm: convolution and LayerNorm factories (see `ConvNorm`).
   """
   num_hidden: int
   filter_size: int
-  cell: str = 'stau'
-  residual: bool = False
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
+  variant: CellVariant
+  residual: bool
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
 
   @nn.compact
   def __call__(self, temporal, spatial, temporal_history, spatial_history,
@@ -136,9 +133,9 @@ class STAUCell(nn.Module):
     Returns:
       (T_t^k, S_t^k), each (B, h, w, C).
     """
-    variant = VARIANTS[self.cell]
+    variant = self.variant
     conv = lambda features, name: ConvNorm(  # noqa: E731
-        features, self.filter_size, self.dtype, self.conv_impl, name=name)
+        features, self.filter_size, self.conv, self.norm, name=name)
     spatial_query = conv(self.num_hidden, 'conv_s_next')(spatial)
     temporal_query = conv(self.num_hidden, 'conv_t_next')(temporal)
 
@@ -184,3 +181,67 @@ class STAUCell(nn.Module):
     self.sow('intermediates', 'U_T', temporal_update)
     self.sow('intermediates', 'U_S', spatial_update)
     return new_temporal, new_spatial
+
+
+class STAULayer(nn.Module):
+  """One STAU layer at one time step: the cell plus its ring buffers.
+
+  State (per layer, through time): (T_{t-1}^k, temporal history T_{t-tau..t-1}^k,
+  spatial history S_{t-tau..t-1}^{k-1}), the histories (tau, B, h, w, C) ring
+  buffers written at slot t % tau. Flow (inside one step): the theta-slot
+  stacks of the lower layers' T_{t-1}^j and S_t^{j-1}, restarted every step.
+  Passes S_t^k up.
+  """
+  num_hidden: int
+  filter_size: int
+  tau: int
+  theta: int
+  variant: CellVariant
+  residual: bool
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+
+  flow_crosses_time = False
+
+  def initial_state(self, batch, height, width, in_features, dtype):
+    del in_features  # The encoder gives num_hidden channels, checked below.
+    state = unit.zeros(batch, height, width, self.num_hidden, dtype)
+    history = jnp.zeros((self.tau,) + state.shape, dtype)
+    return state, history, history
+
+  def initial_flow(self, batch, height, width, dtype):
+    stack = jnp.zeros((self.theta, batch, height, width, self.num_hidden),
+                      dtype)
+    return stack, stack
+
+  @nn.compact
+  def __call__(self, spatial, flow, state, step, layer):
+    lower_temporal, lower_spatial = flow
+    temporal, temporal_history, spatial_history = state
+    slot = layer % self.theta
+    lower_temporal = lower_temporal.at[slot].set(temporal)
+    lower_spatial = lower_spatial.at[slot].set(spatial)
+    lower_valid = jnp.arange(self.theta) <= layer
+    new_temporal, new_spatial = STAUCell(
+        self.num_hidden, self.filter_size, self.variant, self.residual,
+        self.conv, self.norm, name='cell')(
+            temporal, spatial, temporal_history, spatial_history,
+            lower_temporal, lower_spatial, lower_valid)
+    time_slot = step % self.tau
+    temporal_history = temporal_history.at[time_slot].set(new_temporal)
+    spatial_history = spatial_history.at[time_slot].set(spatial)
+    return (new_spatial, (lower_temporal, lower_spatial),
+            (new_temporal, temporal_history, spatial_history))
+
+
+def layer_groups(model, frontend, conv, norm):
+  """STAU's layers for `config.model` (its `cell` picks the variant)."""
+  if frontend != 'stau':
+    raise ValueError(
+        f'config.model.cell={model.cell!r} needs config.model.frontend='
+        f"'stau' (its spatial states have num_hidden channels, which the "
+        f"encoder gives); got frontend={frontend!r}.")
+  layer = functools.partial(
+      STAULayer, model.num_hidden, model.filter_size, model.tau, model.theta,
+      VARIANTS[model.cell], model.residual, conv, norm)
+  return (unit.LayerGroup(layer, model.num_layers, 'cells'),)

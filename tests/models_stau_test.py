@@ -1,10 +1,11 @@
-"""Tests for stau_jax.models.cell against the spec's equations written out."""
+"""Tests for stau_jax.models.stau against the spec's equations written out."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stau_jax.models import cell as cell_lib
+from stau_jax import models
+from stau_jax.models import stau as cell_lib
 from tests import perturb
 from tests import spec_reference
 
@@ -23,6 +24,11 @@ def _random_inputs(seed):
       lower_spatial=normal(keys[5], (THETA, B, H, W, C)))
 
 
+def _cell(variant, residual=False):
+  return cell_lib.STAUCell(C, 3, cell_lib.VARIANTS[variant], residual,
+                           models.conv_factory(), models.norm_factory())
+
+
 def _perturbed_params(module, inputs, seed=0):
   """Initial parameters with every leaf (LayerNorm scale/bias too) randomized."""
   params = module.init(jax.random.PRNGKey(seed), **inputs)['params']
@@ -33,7 +39,7 @@ def _perturbed_params(module, inputs, seed=0):
 @pytest.mark.parametrize('residual', [False, True])
 @pytest.mark.parametrize('num_valid', [1, 2, THETA])
 def test_cell_matches_spec_equations(variant, residual, num_valid):
-  module = cell_lib.STAUCell(C, 3, variant, residual)
+  module = _cell(variant, residual)
   inputs = _random_inputs(seed=num_valid)
   params = _perturbed_params(module, inputs)
   valid = jnp.arange(THETA) < num_valid
@@ -61,7 +67,7 @@ IGNORED_INPUTS = {
 
 @pytest.mark.parametrize('variant', cell_lib.CELLS)
 def test_variants_read_exactly_the_inputs_the_spec_says(variant):
-  module = cell_lib.STAUCell(C, 3, variant)
+  module = _cell(variant)
   inputs = _random_inputs(seed=7)
   params = _perturbed_params(module, inputs)
   baseline = module.apply({'params': params}, **inputs)
@@ -99,7 +105,7 @@ def test_attention_weights_use_sqrt_of_state_size():
 
 
 def test_cell_sows_attention_and_gates_only_on_request():
-  module = cell_lib.STAUCell(C, 3, 'stau')
+  module = _cell('stau')
   inputs = _random_inputs(seed=3)
   params = _perturbed_params(module, inputs)
   _, state = module.apply({'params': params}, **inputs,
@@ -115,7 +121,7 @@ def test_cell_sows_attention_and_gates_only_on_request():
 
 
 def test_mau_sows_no_spatial_attention():
-  module = cell_lib.STAUCell(C, 3, 'mau')
+  module = _cell('mau')
   inputs = _random_inputs(seed=4)
   params = _perturbed_params(module, inputs)
   _, state = module.apply({'params': params}, **inputs,

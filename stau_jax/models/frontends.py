@@ -1,0 +1,136 @@
+"""Front-ends: how frames enter the bottom layer and leave the top one.
+
+'stau' (the paper's Table 2): a 1x1 conv to C channels and `num_downsample`
+stride-2 3x3 convs in, as many stride-2 transposed convs and a 1x1 conv out.
+'patch' (the PredRNN / OpenSTL layout): patched frames go straight into the
+bottom layer; a bias-free 1x1 conv reads the top layer out.
+
+Both are a pair (encoder, decoder): `encoder(frame)` returns a list of
+feature maps whose last one feeds the bottom layer, `decoder(top, encoded)`
+maps the top layer's output (and, for `recall`, those features) to a frame.
+"""
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from stau_jax import ops
+
+FRONTENDS = ('stau', 'patch')
+
+
+class Encoder(nn.Module):
+  """1x1 conv to C channels, then `num_downsample` stride-2 3x3 convs.
+
+  Returns every output (full resolution first): `recall` adds them back in
+  the decoder.
+  """
+  num_hidden: int
+  num_downsample: int
+  conv: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, frame):
+    x = nn.leaky_relu(self.conv(self.num_hidden, (1, 1), name='embed')(frame),
+                      0.2)
+    features = [x]
+    for i in range(self.num_downsample):
+      x = self.conv(self.num_hidden, (3, 3), strides=(2, 2),
+                    padding=((1, 1), (1, 1)), name=f'down_{i}')(x)
+      x = nn.leaky_relu(x, 0.2)
+      features.append(x)
+    return features
+
+
+class ConvTranspose(nn.Module):
+  """`nn.ConvTranspose(transpose_kernel=True)` computed by `ops.conv_transpose`.
+
+  Same parameters as flax's: 'kernel' (kh, kw, features, in_features), as
+  PyTorch's ConvTranspose2d weight up to axis order, and 'bias' (features,).
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int]
+  padding: Any
+  dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    """(B, h, w, in_features) -> (B, h', w', features)."""
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        self.kernel_size + (self.features, x.shape[-1]))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = ops.conv_transpose(x, kernel, self.strides, self.padding,
+                           impl=self.conv_impl)
+    return y + bias
+
+
+class Decoder(nn.Module):
+  """`num_downsample` stride-2 transposed 3x3 convs, then a 1x1 conv to frames.
+
+  Each transposed conv exactly doubles h and w (PyTorch's padding 1,
+  output_padding 1); LeakyReLU(0.2) after all but the last; with `recall`,
+  the encoder output of the same resolution is added after each.
+  """
+  num_hidden: int
+  num_downsample: int
+  frame_channels: int
+  recall: bool
+  conv: Callable[..., nn.Module]
+  conv_transpose: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, top, encoded):
+    x = top
+    n = self.num_downsample
+    for i in range(n):
+      x = self.conv_transpose(self.num_hidden, (3, 3), strides=(2, 2),
+                              padding=((1, 2), (1, 2)), name=f'up_{i}')(x)
+      if i < n - 1:
+        x = nn.leaky_relu(x, 0.2)
+      if self.recall:
+        x = x + encoded[n - 1 - i]
+    return self.conv(self.frame_channels, (1, 1), name='readout')(x)
+
+
+class PatchEncoder(nn.Module):
+  """The 'patch' front-end's encoder: the patched frame itself (no parameters)."""
+
+  def __call__(self, frame):
+    return [frame]
+
+
+class PatchDecoder(nn.Module):
+  """The 'patch' front-end's readout: a bias-free 1x1 conv to frame patches."""
+  frame_channels: int
+  conv: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, top, encoded):
+    del encoded
+    return self.conv(self.frame_channels, (1, 1), use_bias=False,
+                     name='readout')(top)
+
+
+def build(model, frontend, frame_channels, conv, conv_transpose):
+  """(encoder, decoder, channels the bottom layer receives) for config.model.
+
+  Args:
+    model: config.model (its `num_hidden`, `num_downsample`, `recall`).
+    frontend: one of FRONTENDS.
+    frame_channels: channels of a patched frame, p*p*c.
+    conv, conv_transpose: the predictor's convolution factories.
+  """
+  if frontend == 'patch':
+    return (PatchEncoder,
+            functools.partial(PatchDecoder, frame_channels, conv),
+            frame_channels)
+  encoder = functools.partial(Encoder, model.num_hidden, model.num_downsample,
+                              conv)
+  decoder = functools.partial(Decoder, model.num_hidden, model.num_downsample,
+                              frame_channels, model.recall, conv,
+                              conv_transpose)
+  return encoder, decoder, model.num_hidden
