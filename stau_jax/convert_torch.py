@@ -1,11 +1,13 @@
-r"""Converts a checkpoint of the authors' PyTorch STAU/MAU code to an export file.
+r"""Converts a PyTorch checkpoint (the authors' STAU/MAU, OpenSTL) to an export file.
 
   python -m stau_jax.convert_torch --checkpoint=model.ckpt-80000 \
       --config=configs/mmnist.py --output=stau_mmnist.export
 
-The checkpoint is what their code saves, torch.save({'net_param':
-state_dict}); a bare state_dict works too. The config must describe the same
-architecture (override it as --config.model.cell=mau, etc.). The conversion
+The checkpoint is what the authors' code saves, torch.save({'net_param':
+state_dict}), an OpenSTL checkpoint (a plain state_dict, or Lightning's
+{'state_dict': ...} with keys prefixed 'model.'), or a bare state_dict. The
+config must describe the same architecture (override it as
+--config.model.cell=predrnn --config.model.frontend=patch ...). The conversion
 itself (`convert_state_dict`) works on a dict of numpy arrays, so only
 reading the .ckpt file needs torch (pip install -e ".[torch]").
 """
@@ -18,58 +20,78 @@ from ml_collections import config_flags
 
 from stau_jax import export
 from stau_jax import models
+from stau_jax.models import registry
 
 FLAGS = flags.FLAGS
 
-# Layers the reference defines but its forward pass never uses.
-UNUSED_PREFIXES = ('merge.', 'conv_last_sr.')
-# PyTorch layout -> ours: conv OIHW -> HWIO; transposed conv (in, out, kh, kw)
-# -> (kh, kw, out, in), which flax applies as the gradient of a conv with
-# the spatially flipped kernel (transpose_kernel=True), as PyTorch does;
-# LayerNorm (C, h, w) -> (h, w, C).
-_CONV = (2, 3, 1, 0)
-_NORM = (1, 2, 0)
-_CELL_CONVS = ('conv_t', 'conv_t_next', 'conv_s', 'conv_s_next')
-
-
-def _layout(config):
-  """Yields (our parameter path, torch keys, permutation) for every leaf.
-
-  Cell parameters are stacked over layers, so they list one key per layer.
-  """
-  num_layers = config.model.num_layers
-  n = config.model.num_downsample
-  yield ('encoder', 'embed'), 'encoders.0.encoder_t_conv-1', _CONV
-  for i in range(n):
-    yield ('encoder', f'down_{i}'), f'encoders.{i + 1}.encoder_t{i}', _CONV
-    yield ('decoder', f'up_{i}'), f'decoders.{i}.c_decoder{i}', _CONV
-  yield ('decoder', 'readout'), 'srcnn.0', _CONV
-  for conv in _CELL_CONVS:
-    prefixes = [f'cell_list.{k}.{conv}' for k in range(num_layers)]
-    yield ('cells', 'cell', conv, 'conv'), [p + '.0' for p in prefixes], _CONV
-    yield ('cells', 'cell', conv, 'norm'), [p + '.1' for p in prefixes], _NORM
-
-
 _TORCH_LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+
+
+def _frontend_key(path, frontend):
+  """Torch key of an encoder/decoder parameter: the authors' STAU names, or
+  OpenSTL's `conv_last` for the 'patch' front-end's readout."""
+  module, name, leaf = path
+  if frontend == 'patch':
+    return f'conv_last.{_TORCH_LEAF[leaf]}'
+  if name == 'embed':
+    prefix = 'encoders.0.encoder_t_conv-1'
+  elif name == 'readout':
+    prefix = 'srcnn.0'
+  else:
+    i = int(name.split('_')[1])
+    prefix = (f'encoders.{i + 1}.encoder_t{i}' if module == 'encoder'
+              else f'decoders.{i}.c_decoder{i}')
+  return f'{prefix}.{_TORCH_LEAF[leaf]}'
+
+
+def _torch_layout(leaf, ndim):
+  """Permutation from a torch parameter to ours: conv kernels (O, I, *k) and
+  transposed-conv kernels (I, O, *k) -> (*k, I, O) / (*k, O, I); LayerNorm
+  (C, h, w) -> (h, w, C); vectors unchanged."""
+  if ndim == 1:
+    return (0,)
+  if leaf == 'kernel':
+    return tuple(range(2, ndim)) + (1, 0)
+  return tuple(range(1, ndim)) + (0,)
+
+
+def _leaves(tree, path=()):
+  """(path, leaf) for every leaf of a nested dict, in sorted order."""
+  for name in sorted(tree):
+    if isinstance(tree[name], dict):
+      yield from _leaves(tree[name], path + (name,))
+    else:
+      yield path + (name,), tree[name]
 
 
 def convert_state_dict(state_dict, config):
   """Maps a reference state_dict (name -> numpy array) to stau_jax params.
 
-  Raises ValueError naming the key for a missing key, a shape mismatch (both
-  shapes, in PyTorch layout) or keys the config's model does not have.
+  Works for the authors' STAU/MAU and for OpenSTL's units: each unit's
+  `torch_key` (models/registry.py) names its parameters. Raises ValueError
+  naming the key for a missing key, a shape mismatch (both shapes, in
+  PyTorch layout) or keys the config's model does not have.
   """
-  state_dict = {re.sub(r'^module\.', '', k): np.asarray(v, np.float32)
+  state_dict = {re.sub(r'^(module|model)\.', '', k): np.asarray(v, np.float32)
                 for k, v in state_dict.items()}
+  model = models.create_model(config)
   expected = models.param_shapes(config)['unroll']
+  unit = registry.get(config.model.cell)
+  frontend = config.model.get('frontend', 'stau')
+  first_layer, offset = {}, 0
+  for group in model.groups:
+    first_layer[group.name] = offset
+    offset += group.count
   used = set()
 
-  def take(key, perm, shape):
+  def take(key, shape, leaf):
+    perm = _torch_layout(leaf, len(shape))
     torch_shape = tuple(shape[perm.index(axis)] for axis in range(len(perm)))
     if key not in state_dict:
       raise ValueError(f'Checkpoint is missing key {key!r} (expected shape '
                        f'{torch_shape}); is the config the same architecture '
-                       f'(model.cell, num_layers, num_downsample)?')
+                       f'(model.cell, num_layers, num_hidden, num_downsample, '
+                       f'patch_size, frontend, layer_norm)?')
     value = state_dict[key]
     if value.shape != torch_shape:
       raise ValueError(f'Checkpoint key {key!r} has shape {value.shape} but '
@@ -78,27 +100,20 @@ def convert_state_dict(state_dict, config):
     return value.transpose(perm)
 
   params = {}
-  for path, keys, perm in _layout(config):
-    module = expected
-    for name in path:
-      module = module[name]
+  for path, spec in _leaves(expected):
+    if path[0] in ('encoder', 'decoder'):
+      value = take(_frontend_key(path, frontend), spec.shape, path[-1])
+    else:
+      group, inner = path[0], path[1:]
+      value = np.stack([
+          take(unit.torch_key(inner, first_layer[group] + i), spec.shape[1:],
+               path[-1]) for i in range(spec.shape[0])])
     target = params
     for name in path[:-1]:
       target = target.setdefault(name, {})
-    converted = {}
-    for leaf, spec in module.items():
-      stacked = isinstance(keys, list)
-      shape = spec.shape[1:] if stacked else spec.shape
-      leaf_perm = perm if len(shape) > 1 else (0,)
-      if stacked:
-        converted[leaf] = np.stack([
-            take(f'{key}.{_TORCH_LEAF[leaf]}', leaf_perm, shape)
-            for key in keys])
-      else:
-        converted[leaf] = take(f'{keys}.{_TORCH_LEAF[leaf]}', leaf_perm, shape)
-    target[path[-1]] = converted
+    target[path[-1]] = value
   unexpected = sorted(k for k in state_dict.keys() - used
-                      if not k.startswith(UNUSED_PREFIXES))
+                      if not re.match(unit.unused_torch_keys, k))
   if unexpected:
     raise ValueError(f'Checkpoint has keys the config\'s model does not: '
                      f'{unexpected[:8]}{" ..." if len(unexpected) > 8 else ""}'
@@ -107,15 +122,22 @@ def convert_state_dict(state_dict, config):
 
 
 def load_torch_state_dict(path):
-  """Reads a reference checkpoint into a dict of numpy arrays (needs torch)."""
+  """Reads a PyTorch checkpoint into a dict of numpy arrays (needs torch).
+
+  Accepts a plain state_dict, the authors' {'net_param': state_dict} and a
+  (Lightning) {'state_dict': state_dict} whose keys may start with 'model.'.
+  """
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError('Reading PyTorch checkpoints needs torch: '
                       'pip install -e ".[torch]"') from e
   checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-  state_dict = checkpoint.get('net_param', checkpoint)
-  return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
+  for wrapper in ('net_param', 'state_dict'):
+    if isinstance(checkpoint, dict) and wrapper in checkpoint:
+      checkpoint = checkpoint[wrapper]
+      break
+  return {k: v.detach().cpu().numpy() for k, v in checkpoint.items()}
 
 
 def convert_checkpoint(checkpoint, config, output):

@@ -133,22 +133,40 @@ class _TimeStep(nn.Module):
   remat: str = 'auto'
 
   def _layers(self, group, inputs, flow, states, step, first_layer):
-    """Runs one group's layers: an nn.scan with parameters stacked on axis 0."""
-    def body(layer, carry, layer_inputs, step):
-      inputs, flow = carry
+    """Runs one group's layers: an nn.scan with parameters stacked on axis 0.
+
+    Returns ((top outputs, flow), (new states, per-layer outputs or None)).
+    A group of one layer (e.g. the bottom layer reading patched frames) may
+    change the inputs' channels, so its inputs are broadcast in and its
+    outputs come out as the scan's output instead of its carry.
+    """
+    single = group.count == 1
+
+    def body(layer, carry, layer_inputs, inputs, step):
+      if single:
+        flow = carry
+      else:
+        inputs, flow = carry
       state, index = layer_inputs
       outputs, flow, state = layer(inputs, flow, state, step, index)
-      return (outputs, flow), (state, outputs if self.return_hidden else None)
+      hidden = outputs if self.return_hidden or single else None
+      return (flow if single else (outputs, flow)), (state, hidden)
 
     if resolve_remat(self.remat) == 'cells':
       body = nn.remat(body, policy=_SAVE_CONV_OUTPUTS)
     unrolled = resolve_layer_loop(self.layer_loop) == 'unrolled'
     scan = nn.scan(body, variable_axes={'params': 0, 'intermediates': 0},
-                   split_rngs={'params': True}, in_axes=(0, nn.broadcast),
+                   split_rngs={'params': True},
+                   in_axes=(0, nn.broadcast, nn.broadcast),
                    length=group.count, unroll=group.count if unrolled else 1)
     indices = first_layer + jnp.arange(group.count)
-    return scan(group.layer(name=group.name), (inputs, flow),
-                (states, indices), step)
+    layer = group.layer(name=group.name)
+    if single:
+      flow, (states, outputs) = scan(layer, flow, (states, indices), inputs,
+                                     step)
+      return ((outputs[0], flow),
+              (states, outputs if self.return_hidden else None))
+    return scan(layer, (inputs, flow), (states, indices), None, step)
 
   @nn.compact
   def __call__(self, carry, step_inputs):
@@ -294,9 +312,7 @@ def check_frame_shape(shape, patch_size, num_downsample, input_length):
 def validate_model_config(config):
   """Raises ValueError naming the first bad `config.model`/`config.data` value."""
   model, data = config.model, config.data
-  if model.cell not in registry.UNITS:
-    raise ValueError(f'config.model.cell={model.cell!r} is unknown; '
-                     f'choose one of {registry.CELLS}.')
+  registry.get(model.cell)
   for name in ('num_layers', 'num_hidden', 'tau', 'theta', 'patch_size',
                'filter_size'):
     value = model[name]
@@ -349,7 +365,8 @@ def create_model(config, dtype=jnp.float32):
   frame_channels = model.patch_size**2 * config.data.channels
   encoder, decoder, in_features = frontends.build(
       model, frontend, frame_channels, conv, conv_transpose)
-  groups = registry.layer_groups(model, frontend, conv, norm_factory(dtype))
+  groups = registry.get(model.cell).layer_groups(model, frontend, conv,
+                                                norm_factory(dtype))
   return Predictor(
       groups=groups, encoder=encoder, decoder=decoder, in_features=in_features,
       patch_size=model.patch_size, num_downsample=model.num_downsample,

@@ -1,19 +1,27 @@
 """The predictive units by `config.model.cell` name.
 
-Each entry is a unit module's `layer_groups(model, frontend, conv, norm)`
-(see unit.py). Adding a unit is one new module and one line here.
+Each entry is a `unit.Unit`: the unit module's `layer_groups` and how its
+parameters are named in its PyTorch reference (see unit.py). Adding a unit
+is one new module and one line here.
 """
+from stau_jax.models import convlstm
+from stau_jax.models import predrnn
 from stau_jax.models import stau
+from stau_jax.models import unit
 
 UNITS = {
-    **{name: stau.layer_groups for name in stau.CELLS},
+    **{name: unit.Unit(stau.layer_groups, unit.torch_key,
+                       stau.UNUSED_TORCH_KEYS) for name in stau.CELLS},
+    'convlstm': unit.Unit(convlstm.layer_groups, unit.torch_key,
+                          convlstm.UNUSED_TORCH_KEYS),
+    'predrnn': unit.Unit(predrnn.layer_groups, unit.torch_key),
 }
 CELLS = tuple(UNITS)
 
 
-def layer_groups(model, frontend, conv, norm):
-  """The layer groups of unit `model.cell`; ValueError listing the choices."""
-  if model.cell not in UNITS:
-    raise ValueError(f'config.model.cell={model.cell!r} is unknown; '
+def get(name):
+  """The `unit.Unit` called `name`; ValueError listing the choices."""
+  if name not in UNITS:
+    raise ValueError(f'config.model.cell={name!r} is unknown; '
                      f'choose one of {CELLS}.')
-  return UNITS[model.cell](model, frontend, conv, norm)
+  return UNITS[name]

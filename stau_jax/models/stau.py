@@ -33,6 +33,8 @@ from stau_jax.models import unit
 #   stau_independent   yes    yes    t_att . T'           s_spatial . S'
 # "s_not_t" reads "S does not supervise T" (Fig. 5a), "t_not_s" reads
 # "T does not supervise S" (Fig. 5b).
+# Layers the authors' STAU defines but its forward pass never uses.
+UNUSED_TORCH_KEYS = r'(merge|conv_last_sr)\.'
 CELLS = ('stau', 'mau', 'stau_no_tam', 'stau_s_not_t', 'stau_t_not_s',
          'stau_independent')
 
@@ -79,25 +81,6 @@ def attend(weights, values):
   return jnp.einsum('nb,nbhwc->bhwc', weights.astype(values.dtype), values)
 
 
-class ConvNorm(nn.Module):
-  """Square 'same' conv with bias, then LayerNorm over (h, w, C) jointly.
-
-  `conv` and `norm` are the predictor's factories (predictor.conv_factory,
-  predictor.norm_factory): the LayerNorm has elementwise scale and bias of
-  shape (h, w, C), as PyTorch's nn.LayerNorm([C, h, w]) (eps 1e-5).
-  """
-  features: int
-  filter_size: int
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
-
-  @nn.compact
-  def __call__(self, x):
-    x = self.conv(self.features, (self.filter_size, self.filter_size),
-                  padding='SAME', name='conv')(x)
-    return self.norm(name='norm')(x)
-
-
 class STAUCell(nn.Module):
   """One STAU (or variant) update: (T, S, histories) -> (T_new, S_new).
 
@@ -106,7 +89,7 @@ class STAUCell(nn.Module):
     filter_size: spatial size of the four convolutions.
     variant: what the cell computes (`VARIANTS`).
     residual: add the input S to S_new (gamma = 1 in the paper's Table 1).
-    conv, norm: convolution and LayerNorm factories (see `ConvNorm`).
+    conv, norm: convolution and LayerNorm factories (see `unit.ConvNorm`).
   """
   num_hidden: int
   filter_size: int
@@ -134,7 +117,7 @@ class STAUCell(nn.Module):
       (T_t^k, S_t^k), each (B, h, w, C).
     """
     variant = self.variant
-    conv = lambda features, name: ConvNorm(  # noqa: E731
+    conv = lambda features, name: unit.ConvNorm(  # noqa: E731
         features, self.filter_size, self.conv, self.norm, name=name)
     spatial_query = conv(self.num_hidden, 'conv_s_next')(spatial)
     temporal_query = conv(self.num_hidden, 'conv_t_next')(temporal)

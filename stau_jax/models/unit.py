@@ -2,8 +2,9 @@
 
 The predictor (predictor.py) owns the time scan, the frame front-end and the
 loop over layers; a unit only says what one layer does at one time step.
-A unit is a module `layer_groups(model_config, frontend, conv, norm)` that
-returns the unit's layers as a tuple of `LayerGroup`s, bottom first. Most
+A unit is a module whose `layer_groups(model_config, frontend, conv, norm)`
+returns the unit's layers as a tuple of `LayerGroup`s, bottom first, plus a
+`Unit` entry in registry.py. Most
 units are one group of `num_layers` identical layers; a unit whose bottom
 layer differs (its input has other channels, or it is another cell, as in
 MIM or PredRNN++'s gradient highway) returns a group of 1 and a group of the
@@ -35,7 +36,22 @@ LayerNorms with `norm`, and never see config strings for those.
 """
 from typing import Any, Callable, NamedTuple
 
+import flax.linen as nn
 import jax.numpy as jnp
+
+
+class Unit(NamedTuple):
+  """A registry entry (registry.UNITS).
+
+  layer_groups: (config.model, frontend, conv, norm) -> tuple of LayerGroup.
+  torch_key: (path inside one layer, layer index) -> the PyTorch state_dict
+    key of that parameter in the unit's reference code (convert_torch).
+  unused_torch_keys: a regular expression matching the reference's
+    parameters that its forward pass never uses (skipped on conversion).
+  """
+  layer_groups: Callable[..., tuple['LayerGroup', ...]]
+  torch_key: Callable[[tuple[str, ...], int], str]
+  unused_torch_keys: str = r'$^'
 
 
 class LayerGroup(NamedTuple):
@@ -43,6 +59,31 @@ class LayerGroup(NamedTuple):
   layer: Callable[..., Any]
   count: int
   name: str
+
+
+class ConvNorm(nn.Module):
+  """Square 'same' conv, then (if `layer_norm`) LayerNorm over (h, w, C) jointly.
+
+  `conv` and `norm` are the predictor's factories (predictor.conv_factory,
+  predictor.norm_factory): the LayerNorm has elementwise scale and bias of
+  shape (h, w, C), as PyTorch's nn.LayerNorm([C, h, w]) (eps 1e-5). STAU's
+  convolutions have a bias and always a LayerNorm; the PredRNN family's
+  (OpenSTL) have no bias and an optional LayerNorm (`config.model.layer_norm`).
+  Parameters: 'conv' (and 'norm'), as PyTorch's nn.Sequential(conv, norm)
+  holds them at indices 0 (and 1).
+  """
+  features: int
+  filter_size: int
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+  use_bias: bool = True
+  layer_norm: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    x = self.conv(self.features, (self.filter_size, self.filter_size),
+                  padding='SAME', use_bias=self.use_bias, name='conv')(x)
+    return self.norm(name='norm')(x) if self.layer_norm else x
 
 
 def zeros(batch, height, width, channels, dtype):
@@ -64,3 +105,20 @@ def split_bottom(layer, num_layers, frontend, bottom=None):
   if num_layers > 1:
     groups += (LayerGroup(layer, num_layers - 1, 'cells'),)
   return groups
+
+
+_TORCH_NAMES = {'conv': '0', 'norm': '1', 'kernel': 'weight', 'scale': 'weight'}
+
+
+def torch_key(path, layer):
+  """PyTorch state_dict key of the parameter at `path` inside layer `layer`.
+
+  The layout of the authors' STAU and of OpenSTL: layer k's modules under
+  `cell_list.{k}.`, a `ConvNorm`'s conv and LayerNorm at Sequential indices
+  0 and 1, 'kernel'/'scale' named 'weight'. A STAU layer's cell ('cell') is
+  the torch cell itself. Units with other layouts give their own function.
+  """
+  if path[0] == 'cell':
+    path = path[1:]
+  names = [_TORCH_NAMES.get(name, name) for name in path]
+  return f'cell_list.{layer}.' + '.'.join(names)

@@ -1,0 +1,92 @@
+"""PredRNN's spatiotemporal LSTM (ST-LSTM, Wang et al. 2017), as OpenSTL's
+SpatioTemporalLSTMCell computes it.
+
+One layer at one time step (see unit.py): state (h, c), each (B, h, w, C);
+the flow is the spatiotemporal memory M, which goes up through the layers
+and from the top layer at step t to the bottom layer at step t+1 (the
+zigzag); passes h up. Bias-free convolutions with optional LayerNorm
+(`config.model.layer_norm`), forget bias 1:
+
+  i, f, g, i', f', g', o_x = split(conv_x(x));  i_h, f_h, g_h, o_h = split(conv_h(h))
+  i_m, f_m, g_m = split(conv_m(M))
+  c' = sigmoid(f + f_h + 1) * c + sigmoid(i + i_h) * tanh(g + g_h)
+  M' = sigmoid(f' + f_m + 1) * M + sigmoid(i' + i_m) * tanh(g' + g_m)
+  o = sigmoid(o_x + o_h + conv_o([c', M']))
+  h' = o * tanh(conv_last([c', M']))      (conv_last: 1x1, no LayerNorm)
+"""
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from stau_jax.models import unit
+
+FORGET_BIAS = 1.0
+
+
+class SpatioTemporalLSTMCell(nn.Module):
+  """ST-LSTM update: (x, h, c, M) -> (h', c', M', (delta_c, delta_m)), the
+  input terms sigmoid(i) * tanh(g) of c' and M' that PredRNN-v2's
+  decoupling loss compares."""
+  num_hidden: int
+  filter_size: int
+  layer_norm: bool
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, inputs, hidden, cell, memory):
+    conv = functools.partial(unit.ConvNorm, filter_size=self.filter_size,
+                             conv=self.conv, norm=self.norm, use_bias=False,
+                             layer_norm=self.layer_norm)
+    c = self.num_hidden
+    i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = jnp.split(
+        conv(7 * c, name='conv_x')(inputs), 7, axis=-1)
+    i_h, f_h, g_h, o_h = jnp.split(conv(4 * c, name='conv_h')(hidden), 4,
+                                   axis=-1)
+    i_m, f_m, g_m = jnp.split(conv(3 * c, name='conv_m')(memory), 3, axis=-1)
+    delta_cell = nn.sigmoid(i_x + i_h) * jnp.tanh(g_x + g_h)
+    new_cell = nn.sigmoid(f_x + f_h + FORGET_BIAS) * cell + delta_cell
+    delta_memory = nn.sigmoid(i_xm + i_m) * jnp.tanh(g_xm + g_m)
+    new_memory = nn.sigmoid(f_xm + f_m + FORGET_BIAS) * memory + delta_memory
+    both = jnp.concatenate([new_cell, new_memory], axis=-1)
+    output_gate = nn.sigmoid(o_x + o_h + conv(c, name='conv_o')(both))
+    new_hidden = output_gate * jnp.tanh(
+        self.conv(c, (1, 1), use_bias=False, name='conv_last')(both))
+    return new_hidden, new_cell, new_memory, (delta_cell, delta_memory)
+
+
+class PredRNNLayer(nn.Module):
+  """One PredRNN layer at one time step: an ST-LSTM on the zigzag memory."""
+  num_hidden: int
+  filter_size: int
+  layer_norm: bool
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+
+  flow_crosses_time = True
+
+  def initial_state(self, batch, height, width, in_features, dtype):
+    del in_features
+    state = unit.zeros(batch, height, width, self.num_hidden, dtype)
+    return state, state
+
+  def initial_flow(self, batch, height, width, dtype):
+    return unit.zeros(batch, height, width, self.num_hidden, dtype)
+
+  @nn.compact
+  def __call__(self, inputs, memory, state, step, layer):
+    del step, layer
+    hidden, cell = state
+    hidden, cell, memory, _ = SpatioTemporalLSTMCell(
+        self.num_hidden, self.filter_size, self.layer_norm, self.conv,
+        self.norm, name='cell')(inputs, hidden, cell, memory)
+    return hidden, memory, (hidden, cell)
+
+
+def layer_groups(model, frontend, conv, norm):
+  """PredRNN's layers for `config.model`."""
+  layer = functools.partial(PredRNNLayer, model.num_hidden, model.filter_size,
+                            model.get('layer_norm', False), conv, norm)
+  return unit.split_bottom(layer, model.num_layers, frontend)

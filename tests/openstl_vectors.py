@@ -1,0 +1,49 @@
+"""Reads the OpenSTL test vectors (tests/vectors/make_openstl_vectors.py)."""
+import glob
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from configs import mmnist
+from stau_jax import convert_torch
+from stau_jax import models
+
+DIRECTORY = os.path.join(os.path.dirname(__file__), 'vectors', 'openstl')
+
+
+def paths(unit):
+  """The vector files of `unit` (at least one, or the test setup is wrong)."""
+  found = sorted(glob.glob(os.path.join(DIRECTORY, f'{unit}_*.npz')))
+  assert found, f'no OpenSTL vectors for {unit} in {DIRECTORY}'
+  return found
+
+
+def load(path):
+  """Returns (config, state_dict, frames, sampling_mask, predictions)."""
+  data = np.load(path)
+  case = json.loads(str(data['config_json']))
+  config = mmnist.get_config()
+  config.model.update(
+      cell=case['unit'], num_layers=case['layers'], num_hidden=case['hidden'],
+      filter_size=case['filter'], num_downsample=0, patch_size=case['patch'],
+      frontend='patch', layer_norm=bool(case['layer_norm']))
+  config.data.update(image_size=(case['height'], case['width']),
+                     channels=case['channels'], input_length=case['input'],
+                     total_length=case['total'])
+  prefix = 'state_dict/'
+  state_dict = {k[len(prefix):]: data[k] for k in data.files
+                if k.startswith(prefix)}
+  return (config, state_dict, data['frames'], data['sampling_mask'],
+          data['predictions'])
+
+
+def check(path, atol=1e-4):
+  """Converts the vector's OpenSTL weights and compares the predictions."""
+  config, state_dict, frames, mask, expected = load(path)
+  params = convert_torch.convert_state_dict(state_dict, config)
+  model = models.create_model(config)
+  predictions = model.apply({'params': params}, jnp.asarray(frames),
+                            jnp.asarray(mask))
+  np.testing.assert_allclose(predictions, expected, atol=atol)
