@@ -1,4 +1,4 @@
-r"""Times one STAU training step, the forward pass and compilation.
+r"""Times one training step of the configured model, its forward pass and compilation.
 
   python -m stau_jax.benchmark --config=configs/mmnist.py \
       --config.batch_size=8 --steps=5
@@ -12,7 +12,9 @@ in bfloat16 with float32 parameters, as training does. Prints a table, then as
 its last line one JSON object: train_step_s and forward_s (medians),
 compile_s (the training step), forward_compile_s, peak_rss_mb (peak resident
 memory of this process), peak_device_mb (accelerator memory, where the
-backend reports it), samples_per_s, device, params, and the shapes timed.
+backend reports it), train_step_mb (what XLA plans for one training step:
+arguments, outputs, temporaries), forward_flops_per_sequence (XLA's cost
+analysis), samples_per_s, device, params, and the shapes timed.
 `--profile_dir=DIR` also records a profiler trace of a few training steps
 (Perfetto/TensorBoard format) for finding where the time goes.
 """
@@ -66,6 +68,25 @@ def _median_seconds(fn, steps):
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+def _flops(compiled):
+  """Floating-point operations of one call, from XLA's cost analysis."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float(analysis.get('flops', 0.0)) if analysis else 0.0
+
+
+def _program_mb(compiled):
+  """Memory one call of a compiled program needs (arguments, outputs and
+  temporaries, from XLA's memory analysis), in MB; None if not reported."""
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return None
+  total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+           + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+  return round(total / 2**20, 1)
 
 
 def _peak_device_mb(device):
@@ -125,6 +146,8 @@ def run(config, steps=5, profile_dir=None):
       'peak_rss_mb': round(
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       'peak_device_mb': _peak_device_mb(device),
+      'train_step_mb': _program_mb(train_step),
+      'forward_flops_per_sequence': round(_flops(forward) / batch),
       'samples_per_s': round(batch / train_step_s, 3),
       'device': f'{device.platform}:{device.device_kind}',
       'compute_dtype': jnp.dtype(compute_dtype).name,
@@ -150,7 +173,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   results = run(FLAGS.config, FLAGS.steps, FLAGS.profile_dir)
-  print(f'STAU benchmark ({FLAGS.config.name}, {results["device"]}, '
+  print(f'{FLAGS.config.model.cell} benchmark ({FLAGS.config.name}, {results["device"]}, '
         f'batch {results["batch_size"]}, {results["total_length"]} frames, '
         f'{results["num_layers"]} layers, median of {results["steps"]}):')
   rows = [('training step', f'{results["train_step_s"]:.3f} s'),
@@ -159,6 +182,11 @@ def main(argv):
           ('compile (forward)', f'{results["forward_compile_s"]:.1f} s'),
           ('samples / s', f'{results["samples_per_s"]:.2f}'),
           ('peak resident memory', f'{results["peak_rss_mb"]:.0f} MB'),
+          ('train step (XLA plan)',
+           'n/a' if results['train_step_mb'] is None
+           else f'{results["train_step_mb"]:.0f} MB'),
+          ('forward GFLOP / seq.',
+           f'{results["forward_flops_per_sequence"] / 1e9:.2f}'),
           ('peak device memory',
            'n/a' if results['peak_device_mb'] is None
            else f'{results["peak_device_mb"]:.0f} MB'),

@@ -133,11 +133,17 @@ def load_torch_state_dict(path):
     raise ImportError('Reading PyTorch checkpoints needs torch: '
                       'pip install -e ".[torch]"') from e
   checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+  return {k: v.detach().cpu().numpy()
+          for k, v in unwrap_state_dict(checkpoint).items()}
+
+
+def unwrap_state_dict(checkpoint):
+  """The state_dict inside a loaded checkpoint: under 'net_param' (the
+  authors' code), 'state_dict' (Lightning), or the checkpoint itself."""
   for wrapper in ('net_param', 'state_dict'):
     if isinstance(checkpoint, dict) and wrapper in checkpoint:
-      checkpoint = checkpoint[wrapper]
-      break
-  return {k: v.detach().cpu().numpy() for k, v in checkpoint.items()}
+      return checkpoint[wrapper]
+  return checkpoint
 
 
 def convert_checkpoint(checkpoint, config, output):

@@ -81,14 +81,17 @@ def _lowered_ops(config, batch=1):
   return lowered.as_text().count('\n')
 
 
-def test_program_size_does_not_grow_with_frames_or_layers():
-  short, long_ = _config(layer_loop='scan'), _config(layer_loop='scan')
+@pytest.mark.parametrize('cell', models.CELLS)
+def test_program_size_does_not_grow_with_frames_or_layers(cell):
+  short = _config(cell=cell, layer_loop='scan')
+  long_ = _config(cell=cell, layer_loop='scan')
   short.data.total_length, long_.data.total_length = 8, 40
-  shallow, deep = (_config(num_layers=2, layer_loop='scan'),
-                   _config(num_layers=16, layer_loop='scan'))
   # Only shapes inside the lines change (e.g. "8" -> "40"), not the program.
   assert _lowered_ops(long_) == _lowered_ops(short)
-  assert _lowered_ops(deep) == _lowered_ops(shallow)
+  if cell == 'stau':
+    shallow, deep = (_config(num_layers=2, layer_loop='scan'),
+                     _config(num_layers=16, layer_loop='scan'))
+    assert _lowered_ops(deep) == _lowered_ops(shallow)
 
 
 def test_unrolled_layer_loop_repeats_the_layer_in_the_program():
@@ -141,8 +144,14 @@ def test_mask_mixes_per_sequence(tiny_model):
 
 
 @pytest.mark.parametrize('cell', models.CELLS)
-def test_gradients_are_finite_and_reach_every_parameter(cell):
-  config = _config(cell=cell)
+@pytest.mark.parametrize('frontend', ['stau', 'patch'])
+def test_gradients_are_finite_and_reach_every_parameter(cell, frontend):
+  overrides = dict(cell=cell, frontend=frontend)
+  if frontend == 'patch':
+    if cell in models.stau.CELLS:
+      pytest.skip("STAU's units need the 'stau' front-end")
+    overrides.update(num_downsample=0, patch_size=2, layer_norm=True)
+  config = _config(**overrides)
   params = _perturbed_params(config)
   model = models.create_model(config)
   frames = _frames(config)
@@ -197,6 +206,41 @@ def test_intermediates_hold_attention_and_gates(tiny_model):
   for gate in ('F_T', 'F_S', 'U_T', 'U_S'):
     assert sown[gate][0].shape == (steps, layers, 2, grid, grid,
                                    config.model.num_hidden)
+
+
+@pytest.mark.parametrize('cell, frontend', [('stau', 'stau'),
+                                            ('predrnn', 'patch')])
+def test_hidden_states_are_each_layers_output_on_request(cell, frontend):
+  overrides = dict(cell=cell, frontend=frontend, num_layers=3)
+  if frontend == 'patch':
+    overrides.update(num_downsample=0, patch_size=2)
+  config = _config(**overrides)
+  model = models.create_model(config)
+  params = _perturbed_params(config)
+  frames = _frames(config)
+  predictions, hidden = model.apply({'params': params}, frames,
+                                    return_hidden=True)
+  np.testing.assert_array_equal(predictions,
+                                model.apply({'params': params}, frames))
+  grid = 16 // 2**config.model.num_downsample // config.model.patch_size
+  assert hidden.shape == (2, config.data.total_length - 1, 3, grid, grid,
+                          config.model.num_hidden)
+  # Layer 0's state at step 0 depends only on the first frame.
+  changed = frames.at[:, 1:].set(0.5)
+  _, hidden_changed = model.apply({'params': params}, changed,
+                                  return_hidden=True)
+  np.testing.assert_allclose(hidden_changed[:, 0, 0], hidden[:, 0, 0],
+                             atol=1e-6)
+  assert float(jnp.abs(hidden_changed[:, 1] - hidden[:, 1]).max()) > 1e-4
+
+
+def test_patch_frontend_needs_no_downsampling_and_stau_needs_its_encoder():
+  with pytest.raises(ValueError, match='num_downsample=0'):
+    models.create_model(_config(cell='predrnn', frontend='patch'))
+  with pytest.raises(ValueError, match="frontend='stau'"):
+    models.create_model(_config(frontend='patch', num_downsample=0))
+  with pytest.raises(ValueError, match='config.model.frontend'):
+    models.create_model(_config(frontend='unet'))
 
 
 def test_ring_order_lists_slots_oldest_first():

@@ -4,4 +4,5 @@ from stau_jax.models.predictor import (Predictor, conv_factory, count_params,
                                        norm_factory, param_shapes,
                                        patch_frames, ring_order,
                                        unpatch_frames, validate_model_config)
+from stau_jax.models import stau
 from stau_jax.models.registry import CELLS
