@@ -5,7 +5,7 @@ def check_frame_size(name, height, width, patch_size, num_downsample):
   """Raises ValueError unless patch_size * 2**num_downsample divides both sizes.
 
   The model patches frames by patch_size and halves them num_downsample times
-  (../shared/STAU_SPEC.md), so both sizes must be multiples of that factor.
+  (docs/model.md), so both sizes must be multiples of that factor.
   `name` says where the sizes came from in the message (e.g.
   'config.data.image_size').
   """

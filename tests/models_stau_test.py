@@ -1,4 +1,4 @@
-"""Tests for stau_jax.models.stau against the spec's equations written out."""
+"""Tests for stau_jax.models.stau against docs/model.md's equations written out."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,7 +54,7 @@ def test_cell_matches_spec_equations(variant, residual, num_valid):
   np.testing.assert_allclose(new_spatial, expected_spatial, atol=2e-5)
 
 
-# Which inputs each variant must ignore (spec, "Variants the paper measures").
+# Which inputs each variant must ignore (docs/model.md, "Variants").
 IGNORED_INPUTS = {
     'stau': (),
     'mau': ('lower_temporal', 'lower_spatial'),

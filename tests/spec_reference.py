@@ -1,7 +1,7 @@
-"""STAU written straight from ../shared/STAU_SPEC.md, as plain Python loops.
+"""STAU written straight from docs/model.md, as plain Python loops.
 
 An independent reference for the tests: no flax modules, no scans, no ring
-buffers; Python lists that grow and are sliced exactly as the spec describes,
+buffers; Python lists that grow and are sliced exactly as docs/model.md describes,
 and a softmax over a variable number of lower layers. It reads the parameter
 tree of `stau_jax.models.Predictor` (cell parameters stacked over layers).
 """
@@ -59,7 +59,7 @@ def weighted(weights, values):
 
 def cell(params, temporal, spatial, t_att, s_att, t_spatial, s_spatial,
          variant='stau', residual=False):
-  """The spec's cell equations; the stacks are Python lists."""
+  """The cell equations of docs/model.md; the stacks are Python lists."""
   s_query = conv_norm(spatial, params['conv_s_next'])
   t_query = conv_norm(temporal, params['conv_t_next'])
   if variant == 'stau_no_tam':

@@ -1,7 +1,7 @@
 """The video predictor: a front-end, stacked recurrent units, scans over time.
 
 Frames are NHWC per time step. The model runs t = 0 .. T-2 and predicts frame
-t+1 at each step (../shared/STAU_SPEC.md, "Frames in, frames out"). The
+t+1 at each step (docs/model.md, "Frames in, frames out"). The
 front-end (frontends.py) encodes the chosen input frame, the unit's layers
 (unit.py: any unit of registry.py) run bottom to top, the front-end decodes
 the top layer's output. Both loops are `nn.scan`s, so the compiled program

@@ -1,7 +1,7 @@
 """The STAU unit (and MAU and STAU's ablation variants): cell and layer.
 
 Shapes are NHWC: B batch, h x w hidden grid, C hidden channels. The equations
-are those of ../shared/STAU_SPEC.md ("The cell"), which follow the authors'
+are those of docs/model.md ("The STAU cell"), which follow the authors'
 PyTorch STAUCell/MAUCell. `STAULayer` wraps the cell with its bookkeeping:
 per layer, ring buffers of the last tau temporal states and the last tau
 input spatial states (written at slot t % tau), and inside one step two
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from stau_jax.models import unit
 
-# Which states each variant's two attentions compare (spec, "Variants"):
+# Which states each variant's two attentions compare (docs/model.md, "Variants"):
 # temporal attention (alpha, over the last tau steps) and spatial attention
 # (beta, over the last theta layers) each take their weights either from the
 # other domain (the STAU "correlation") or from their own domain (Fig. 5).
