@@ -55,6 +55,17 @@ def _torch_layout(leaf, ndim):
   return tuple(range(1, ndim)) + (0,)
 
 
+def _conv3d_as_conv2d(kernel):
+  """A Conv3d kernel (O, I, kD, kh, kw) as our 2-D kernel (kh, kw, kD*I, O).
+
+  A 3-D conv whose depth kernel spans the input's whole depth (or is 1) is
+  the 2-D conv of the depth slices concatenated depth-major on channels
+  (E3D-LSTM's window convolutions and readout, models/e3dlstm.py).
+  """
+  kernel = kernel.transpose(3, 4, 2, 1, 0)
+  return kernel.reshape(kernel.shape[:2] + (-1, kernel.shape[-1]))
+
+
 def _leaves(tree, path=()):
   """(path, leaf) for every leaf of a nested dict, in sorted order."""
   for name in sorted(tree):
@@ -93,11 +104,15 @@ def convert_state_dict(state_dict, config):
                        f'(model.cell, num_layers, num_hidden, num_downsample, '
                        f'patch_size, frontend, layer_norm)?')
     value = state_dict[key]
-    if value.shape != torch_shape:
+    if leaf == 'kernel' and value.ndim == len(shape) + 1:
+      converted = _conv3d_as_conv2d(value)
+    else:
+      converted = value.transpose(perm) if value.shape == torch_shape else None
+    if converted is None or converted.shape != tuple(shape):
       raise ValueError(f'Checkpoint key {key!r} has shape {value.shape} but '
                        f'the config\'s model expects {torch_shape}.')
     used.add(key)
-    return value.transpose(perm)
+    return converted
 
   params = {}
   for path, spec in _leaves(expected):

@@ -270,8 +270,11 @@ class Predictor(nn.Module):
     states = []
     for group in self.groups:
       layer = group.layer(parent=None)
+      num_steps = ({'num_steps': length - 1}
+                   if getattr(layer, 'state_needs_num_steps', False) else {})
       states.append(_stacked(
-          layer.initial_state(*grid, in_features, self.dtype), group.count))
+          layer.initial_state(*grid, in_features, self.dtype, **num_steps),
+          group.count))
       in_features = layer.num_hidden
     bottom = self.groups[0].layer(parent=None)
     flow = (bottom.initial_flow(*grid, self.dtype)

@@ -5,6 +5,7 @@ parameters are named in its PyTorch reference (see unit.py). Adding a unit
 is one new module and one line here.
 """
 from stau_jax.models import convlstm
+from stau_jax.models import e3dlstm
 from stau_jax.models import predrnn
 from stau_jax.models import stau
 from stau_jax.models import unit
@@ -15,6 +16,8 @@ UNITS = {
     'convlstm': unit.Unit(convlstm.layer_groups, unit.torch_key,
                           convlstm.UNUSED_TORCH_KEYS),
     'predrnn': unit.Unit(predrnn.layer_groups, unit.torch_key),
+    'e3dlstm': unit.Unit(e3dlstm.layer_groups, e3dlstm.torch_key,
+                         e3dlstm.UNUSED_TORCH_KEYS),
 }
 CELLS = tuple(UNITS)
 

@@ -16,6 +16,10 @@ A layer module (one layer at one time step) provides:
   initial_state(batch, height, width, in_features, dtype) -> state
       The layer's own carry through time (zeros), e.g. STAU's T and its
       ring buffers, an LSTM's (h, c).
+  state_needs_num_steps: bool (optional class attribute, default False)
+      True: `initial_state` also gets `num_steps=`T-1, the number of time
+      steps, for a state that keeps every past step in a fixed-size buffer
+      (E3D-LSTM's eidetic memory of all past cell states).
   initial_flow(batch, height, width, dtype) -> flow
       What runs through the layers inside a step, bottom to top, besides the
       input: e.g. ST-LSTM's spatiotemporal memory M, STAU's stacks of the

@@ -31,6 +31,7 @@ OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'openstl')
 MODELS = {
     'convlstm': ('convlstm', 'ConvLSTM_Model', ('ConvLSTMCell',)),
     'predrnn': ('predrnn', 'PredRNN_Model', ('SpatioTemporalLSTMCell',)),
+    'e3dlstm': ('e3dlstm', 'E3DLSTM_Model', ('Eidetic3DLSTMCell',)),
 }
 
 # One dict per vector: the unit, OpenSTL's layer_norm, frame channels, patch
@@ -49,6 +50,13 @@ CASES = [
     dict(name='predrnn_gray_p4', unit='predrnn', layer_norm=0, channels=1,
          patch=4, layers=2, hidden=8, filter=5, height=16, width=24, total=6,
          input=3),
+    # OpenSTL's E3D-LSTM hardcodes its kernel (2, 5, 5): filter 5 only.
+    dict(name='e3dlstm_gray_p4', unit='e3dlstm', layer_norm=0, channels=1,
+         patch=4, layers=3, hidden=4, filter=5, height=16, width=24, total=7,
+         input=3),
+    dict(name='e3dlstm_ln_rgb_p2', unit='e3dlstm', layer_norm=1, channels=3,
+         patch=2, layers=2, hidden=4, filter=5, height=8, width=12, total=6,
+         input=2),
 ]
 
 
