@@ -28,7 +28,11 @@ FORGET_BIAS = 1.0
 class SpatioTemporalLSTMCell(nn.Module):
   """ST-LSTM update: (x, h, c, M) -> (h', c', M', (delta_c, delta_m)), the
   input terms sigmoid(i) * tanh(g) of c' and M' that PredRNN-v2's
-  decoupling loss compares."""
+  decoupling loss compares.
+
+  With `highway` (MotionRNN's motion highway, (B, h, w, C)) the output gate
+  also lets it through: h' = o * tanh(conv_last([c', M'])) + (1 - o) * highway.
+  """
   num_hidden: int
   filter_size: int
   layer_norm: bool
@@ -36,7 +40,7 @@ class SpatioTemporalLSTMCell(nn.Module):
   norm: Callable[..., nn.Module]
 
   @nn.compact
-  def __call__(self, inputs, hidden, cell, memory):
+  def __call__(self, inputs, hidden, cell, memory, highway=None):
     conv = functools.partial(unit.ConvNorm, filter_size=self.filter_size,
                              conv=self.conv, norm=self.norm, use_bias=False,
                              layer_norm=self.layer_norm)
@@ -54,6 +58,8 @@ class SpatioTemporalLSTMCell(nn.Module):
     output_gate = nn.sigmoid(o_x + o_h + conv(c, name='conv_o')(both))
     new_hidden = output_gate * jnp.tanh(
         self.conv(c, (1, 1), use_bias=False, name='conv_last')(both))
+    if highway is not None:
+      new_hidden = new_hidden + (1 - output_gate) * highway
     return new_hidden, new_cell, new_memory, (delta_cell, delta_memory)
 
 

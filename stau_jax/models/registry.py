@@ -6,6 +6,7 @@ is one new module and one line here.
 """
 from stau_jax.models import convlstm
 from stau_jax.models import e3dlstm
+from stau_jax.models import motiongru
 from stau_jax.models import predrnn
 from stau_jax.models import stau
 from stau_jax.models import unit
@@ -18,6 +19,7 @@ UNITS = {
     'predrnn': unit.Unit(predrnn.layer_groups, unit.torch_key),
     'e3dlstm': unit.Unit(e3dlstm.layer_groups, e3dlstm.torch_key,
                          e3dlstm.UNUSED_TORCH_KEYS),
+    'motiongru': unit.Unit(motiongru.layer_groups, motiongru.torch_key),
 }
 CELLS = tuple(UNITS)
 

@@ -1,25 +1,38 @@
-"""Generate test vectors for stau_jax's comparison units from OpenSTL's models.
+"""Generate test vectors for stau_jax's comparison units from their references.
 
-For each case below this script builds OpenSTL's `<Unit>_Model` (from a
-checkout of chengtan9907/OpenSTL) with random weights, moves every LayerNorm
-weight and bias off 1 and 0, scales the readout conv_last by 10, feeds random patched frames and a random 0/1
-scheduled-sampling mask through it (`return_loss=False`) and stores the
-inputs, the un-patched outputs, the config and the state_dict in one .npz
-per case under tests/vectors/openstl/.
+For each case below this script builds the unit's reference model with
+random weights: OpenSTL's `<Unit>_Model` (from a checkout of
+chengtan9907/OpenSTL) or, for motiongru, MotionRNN's `RNN` (from a checkout
+of thuml/MotionRNN, core/models/MotionRNN_PredRNN.py). It moves every
+LayerNorm weight and bias off 1 and 0, scales the readout conv_last by 10,
+feeds random patched frames and a random 0/1 scheduled-sampling mask through
+it and stores the inputs, the un-patched outputs, the config and the
+state_dict in one .npz per case under tests/vectors/openstl/.
 
 Usage (from the repository root, in an environment with torch and numpy):
     python tests/vectors/make_openstl_vectors.py PATH/TO/OpenSTL [UNIT ...]
+    python tests/vectors/make_openstl_vectors.py PATH/TO/MotionRNN motiongru
 
 Only the unit files are loaded from the checkout (openstl/modules/
-<unit>_modules.py and openstl/models/<unit>_model.py); OpenSTL's package
-__init__ files, which import timm and more, are never run. None of its code
-is in this repository. This script does not depend on stau_jax.
+<unit>_modules.py and openstl/models/<unit>_model.py; MotionRNN's
+core/layers/MotionGRU.py, core/layers/SpatioTemporalLSTMCell_Motion_Highway.py
+and core/models/MotionRNN_PredRNN.py); the packages' __init__ files, which
+import timm and more, are never run. None of their code is in this
+repository. This script does not depend on stau_jax.
+
+MotionRNN quirks handled here: its forward fills the initial states with
+nn.init.xavier_normal_ (random on every call), which is patched to zeros
+during the forward, as stau_jax starts from zeros; it zero-initialises the
+weights of MotionGRU's update, reset and output gates and of the warp gate,
+which are drawn at random here so that the warp moves features by varying,
+fractional offsets, some of them past the border.
 """
 import importlib.util
 import json
 import os
 import sys
 import types
+from unittest import mock
 
 import numpy as np
 import torch
@@ -33,6 +46,9 @@ MODELS = {
     'predrnn': ('predrnn', 'PredRNN_Model', ('SpatioTemporalLSTMCell',)),
     'e3dlstm': ('e3dlstm', 'E3DLSTM_Model', ('Eidetic3DLSTMCell',)),
 }
+
+# Units whose reference is thuml/MotionRNN (the others are OpenSTL's).
+MOTIONRNN_UNITS = ('motiongru',)
 
 # One dict per vector: the unit, OpenSTL's layer_norm, frame channels, patch
 # size, layers, hidden channels, filter size, frame size, total and input
@@ -56,6 +72,12 @@ CASES = [
          input=3),
     dict(name='e3dlstm_ln_rgb_p2', unit='e3dlstm', layer_norm=1, channels=3,
          patch=2, layers=2, hidden=4, filter=5, height=8, width=12, total=6,
+         input=2),
+    dict(name='motiongru_ln_gray_p4', unit='motiongru', layer_norm=1,
+         channels=1, patch=4, layers=4, hidden=4, filter=3, height=16,
+         width=24, total=7, input=3),
+    dict(name='motiongru_rgb_p2', unit='motiongru', layer_norm=0, channels=3,
+         patch=2, layers=2, hidden=8, filter=5, height=8, width=12, total=6,
          input=2),
 ]
 
@@ -84,6 +106,62 @@ def load_model_class(checkout, unit):
   return getattr(model, model_class)
 
 
+def load_motionrnn_class(checkout):
+  """MotionRNN's MotionRNN_PredRNN.RNN, importing only it and its two layers."""
+  for package in ('core', 'core.layers'):
+    sys.modules.setdefault(package, types.ModuleType(package))
+  for layer in ('MotionGRU', 'SpatioTemporalLSTMCell_Motion_Highway'):
+    setattr(sys.modules['core.layers'], layer, _load(
+        os.path.join(checkout, 'core', 'layers', f'{layer}.py'),
+        f'core.layers.{layer}'))
+  return _load(os.path.join(checkout, 'core', 'models',
+                            'MotionRNN_PredRNN.py'), '_motionrnn_model').RNN
+
+
+def build_openstl(checkout, case):
+  """(OpenSTL model, forward(patches, mask) -> patched predictions)."""
+  configs = types.SimpleNamespace(
+      in_shape=(case['total'], case['channels'], case['height'],
+                case['width']),
+      patch_size=case['patch'], filter_size=case['filter'], stride=1,
+      layer_norm=case['layer_norm'], pre_seq_length=case['input'],
+      aft_seq_length=case['total'] - case['input'],
+      total_length=case['total'], reverse_scheduled_sampling=0)
+  model_class = load_model_class(checkout, case['unit'])
+  model = model_class(case['layers'], [case['hidden']] * case['layers'],
+                      configs).eval()
+  return model, lambda patches, mask: model(patches, mask,
+                                            return_loss=False)[0]
+
+
+def build_motionrnn(checkout, case):
+  """(MotionRNN model, forward(patches, mask) -> patched predictions).
+
+  The config is run.py's arguments that the model reads (batch_size fixes the
+  states' batch). The states start from zeros instead of xavier_normal_
+  noise, and the zero-initialised gate weights are drawn at random.
+  """
+  configs = types.SimpleNamespace(
+      img_height=case['height'], img_width=case['width'],
+      img_channel=case['channels'], patch_size=case['patch'],
+      filter_size=case['filter'], stride=1, layer_norm=case['layer_norm'],
+      device='cpu', batch_size=B, input_length=case['input'],
+      total_length=case['total'])
+  model = load_motionrnn_class(checkout)(
+      case['layers'], [case['hidden']] * case['layers'], configs).eval()
+  with torch.no_grad():
+    for motion in model.motion_list:
+      for conv in (motion.update, motion.reset, motion.warp.warp_gate):
+        conv.weight.normal_(0, 0.3)
+      motion.output.weight.normal_(0, 1.0)
+
+  def forward(patches, mask):
+    with mock.patch.object(torch.nn.init, 'xavier_normal_',
+                           lambda tensor, gain=1.0: tensor.zero_()):
+      return model(patches, mask)[0]
+  return model, forward
+
+
 def reshape_patch(frames, patch):
   """(B, T, H, W, c) -> (B, T, H/p, W/p, p*p*c), as OpenSTL's reshape_patch."""
   b, t, h, w, c = frames.shape
@@ -102,16 +180,9 @@ def unpatch(patches, patch, channels):
 def make_case(checkout, case, seed):
   torch.manual_seed(seed)
   rng = np.random.default_rng(seed)
-  configs = types.SimpleNamespace(
-      in_shape=(case['total'], case['channels'], case['height'],
-                case['width']),
-      patch_size=case['patch'], filter_size=case['filter'], stride=1,
-      layer_norm=case['layer_norm'], pre_seq_length=case['input'],
-      aft_seq_length=case['total'] - case['input'],
-      total_length=case['total'], reverse_scheduled_sampling=0)
-  model_class = load_model_class(checkout, case['unit'])
-  model = model_class(case['layers'], [case['hidden']] * case['layers'],
-                      configs).eval()
+  build = (build_motionrnn if case['unit'] in MOTIONRNN_UNITS
+           else build_openstl)
+  model, forward = build(checkout, case)
   with torch.no_grad():
     for module in model.modules():
       if isinstance(module, torch.nn.LayerNorm):
@@ -126,8 +197,7 @@ def make_case(checkout, case, seed):
   mask = rng.integers(0, 2, size=(B, num_future, 1, 1, 1)).astype(np.float32)
   mask = np.broadcast_to(mask, (B, num_future) + patches.shape[2:]).copy()
   with torch.no_grad():
-    outputs, _ = model(torch.from_numpy(patches), torch.from_numpy(mask),
-                       return_loss=False)
+    outputs = forward(torch.from_numpy(patches), torch.from_numpy(mask))
   predictions = unpatch(outputs.numpy(), case['patch'], case['channels'])
   arrays = {'frames': frames, 'sampling_mask': mask,
             'predictions': predictions.astype(np.float32),
@@ -139,6 +209,10 @@ def make_case(checkout, case, seed):
 
 def main(argv):
   checkout, units = argv[1], set(argv[2:]) or set(MODELS)
+  if units & set(MOTIONRNN_UNITS) and units - set(MOTIONRNN_UNITS):
+    sys.exit(f'{sorted(MOTIONRNN_UNITS)} come from a thuml/MotionRNN '
+             f'checkout, the others from OpenSTL: generate them in separate '
+             f'runs.')
   os.makedirs(OUT_DIR, exist_ok=True)
   for seed, case in enumerate(CASES):
     if case['unit'] not in units:
