@@ -5,7 +5,8 @@ checkout of chengtan9907/OpenSTL) with random weights, moves every LayerNorm
 weight and bias off 1 and 0, scales the readout conv_last by 10, feeds random patched frames and a random 0/1
 scheduled-sampling mask through it (`return_loss=False`) and stores the
 inputs, the un-patched outputs, the config and the state_dict in one .npz
-per case under tests/vectors/openstl/.
+per case under tests/vectors/openstl/. PredRNN++ is adjusted first
+(`fix_ghu_layer_norm`, `strengthen_predrnnpp`).
 
 Usage (from the repository root, in an environment with torch and numpy):
     python tests/vectors/make_openstl_vectors.py PATH/TO/OpenSTL [UNIT ...]
