@@ -8,6 +8,7 @@ from stau_jax.models import convlstm
 from stau_jax.models import e3dlstm
 from stau_jax.models import motiongru
 from stau_jax.models import predrnn
+from stau_jax.models import predrnnpp
 from stau_jax.models import stau
 from stau_jax.models import unit
 
@@ -20,6 +21,8 @@ UNITS = {
     'e3dlstm': unit.Unit(e3dlstm.layer_groups, e3dlstm.torch_key,
                          e3dlstm.UNUSED_TORCH_KEYS),
     'motiongru': unit.Unit(motiongru.layer_groups, motiongru.torch_key),
+    'predrnnpp': unit.Unit(predrnnpp.layer_groups, predrnnpp.torch_key,
+                           predrnnpp.UNUSED_TORCH_KEYS),
 }
 CELLS = tuple(UNITS)
 

@@ -7,7 +7,8 @@ of thuml/MotionRNN, core/models/MotionRNN_PredRNN.py). It moves every
 LayerNorm weight and bias off 1 and 0, scales the readout conv_last by 10,
 feeds random patched frames and a random 0/1 scheduled-sampling mask through
 it and stores the inputs, the un-patched outputs, the config and the
-state_dict in one .npz per case under tests/vectors/openstl/.
+state_dict in one .npz per case under tests/vectors/openstl/. PredRNN++ is
+adjusted first (`fix_ghu_layer_norm`, `strengthen_predrnnpp`).
 
 Usage (from the repository root, in an environment with torch and numpy):
     python tests/vectors/make_openstl_vectors.py PATH/TO/OpenSTL [UNIT ...]
@@ -45,6 +46,7 @@ MODELS = {
     'convlstm': ('convlstm', 'ConvLSTM_Model', ('ConvLSTMCell',)),
     'predrnn': ('predrnn', 'PredRNN_Model', ('SpatioTemporalLSTMCell',)),
     'e3dlstm': ('e3dlstm', 'E3DLSTM_Model', ('Eidetic3DLSTMCell',)),
+    'predrnnpp': ('predrnnpp', 'PredRNNpp_Model', ('CausalLSTMCell', 'GHU')),
 }
 
 # Units whose reference is thuml/MotionRNN (the others are OpenSTL's).
@@ -79,6 +81,17 @@ CASES = [
     dict(name='motiongru_rgb_p2', unit='motiongru', layer_norm=0, channels=3,
          patch=2, layers=2, hidden=8, filter=5, height=8, width=12, total=6,
          input=2),
+    dict(name='predrnnpp_gray_p4', unit='predrnnpp', layer_norm=0, channels=1,
+         patch=4, layers=3, hidden=8, filter=3, height=16, width=24, total=7,
+         input=3),
+    dict(name='predrnnpp_rgb_p2', unit='predrnnpp', layer_norm=0, channels=3,
+         patch=2, layers=2, hidden=6, filter=5, height=8, width=12, total=6,
+         input=2),
+    # OpenSTL's PredRNN++ crashes with layer_norm=1 (see
+    # fix_ghu_layer_norm); this case has that one-line fix.
+    dict(name='predrnnpp_ln_fixed_ghu_rgb_p2', unit='predrnnpp', layer_norm=1,
+         channels=3, patch=2, layers=2, hidden=6, filter=3, height=8,
+         width=12, total=6, input=3),
 ]
 
 
@@ -130,6 +143,10 @@ def build_openstl(checkout, case):
   model_class = load_model_class(checkout, case['unit'])
   model = model_class(case['layers'], [case['hidden']] * case['layers'],
                       configs).eval()
+  if case['unit'] == 'predrnnpp':
+    if case['layer_norm']:
+      fix_ghu_layer_norm(model)
+    strengthen_predrnnpp(model, case['layer_norm'])
   return model, lambda patches, mask: model(patches, mask,
                                             return_loss=False)[0]
 
@@ -175,6 +192,36 @@ def unpatch(patches, patch, channels):
   x = patches.reshape(b, t, h, w, patch, patch, channels)
   return x.transpose(0, 1, 2, 4, 3, 5, 6).reshape(b, t, h * patch, w * patch,
                                                   channels)
+
+
+def fix_ghu_layer_norm(model):
+  """Gives OpenSTL's GHU LayerNorms the channels of the convs they follow.
+
+  With layer_norm=1 OpenSTL's GHU normalizes its 2C-channel convolutions
+  with LayerNorm([C, h, w]), so the model fails on its first step. The
+  sensible reading, LayerNorm([2C, h, w]), is what stau_jax computes.
+  """
+  for gates in (model.gradient_highway.z_concat,
+                model.gradient_highway.x_concat):
+    gates[1] = torch.nn.LayerNorm([gates[0].out_channels,
+                                   *gates[1].normalized_shape[1:]])
+
+
+def strengthen_predrnnpp(model, layer_norm):
+  """Weights under which every part of PredRNN++ shows in its outputs.
+
+  The GHU's kernels start in [-0.001, 0.001]: they get PyTorch's default
+  initialization. Without LayerNorm, h' = tanh(o) * tanh(conv_last(...))
+  with default-initialized kernels shrinks about tenfold per layer, so the
+  cells' kernels are doubled.
+  """
+  with torch.no_grad():
+    for module in model.gradient_highway.modules():
+      if isinstance(module, torch.nn.Conv2d):
+        module.reset_parameters()
+    for module in model.cell_list.modules():
+      if isinstance(module, torch.nn.Conv2d) and not layer_norm:
+        module.weight.mul_(2)
 
 
 def make_case(checkout, case, seed):
