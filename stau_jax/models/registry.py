@@ -5,6 +5,7 @@ parameters are named in its PyTorch reference (see unit.py). Adding a unit
 is one new module and one line here.
 """
 from stau_jax.models import convlstm
+from stau_jax.models import mim
 from stau_jax.models import predrnn
 from stau_jax.models import stau
 from stau_jax.models import unit
@@ -15,6 +16,7 @@ UNITS = {
     'convlstm': unit.Unit(convlstm.layer_groups, unit.torch_key,
                           convlstm.UNUSED_TORCH_KEYS),
     'predrnn': unit.Unit(predrnn.layer_groups, unit.torch_key),
+    'mim': unit.Unit(mim.layer_groups, mim.torch_key, mim.UNUSED_TORCH_KEYS),
 }
 CELLS = tuple(UNITS)
 
