@@ -76,9 +76,12 @@ class MIMS(nn.Module):
   def __call__(self, inputs, hidden, cell):
     c = self.num_hidden
     conv = _conv_norm(self)
-    peephole = lambda name, channels: self.param(  # noqa: E731
-        name, nn.initializers.zeros, cell.shape[1:3] + (channels,)
-    ).astype(cell.dtype)
+
+    def peephole(name, channels):
+      """Elementwise weights (h, w, channels), zero at init as OpenSTL's."""
+      return self.param(name, nn.initializers.zeros,
+                        cell.shape[1:3] + (channels,)).astype(cell.dtype)
+
     i, g, f, o = jnp.split(conv(4 * c, name='conv_h_concat')(hidden)
                            + conv(4 * c, name='conv_x_concat')(inputs), 4,
                            axis=-1)

@@ -41,7 +41,8 @@ MODELS = {
 
 # One dict per vector: the unit, OpenSTL's layer_norm, frame channels, patch
 # size, layers, hidden channels, filter size, frame size, total and input
-# lengths. Small and non-square on purpose.
+# lengths, and optionally conv_gain, a factor on the cells' conv weights.
+# Small and non-square on purpose.
 CASES = [
     dict(name='convlstm_ln_gray_p4', unit='convlstm', layer_norm=1, channels=1,
          patch=4, layers=3, hidden=8, filter=3, height=16, width=24, total=7,
