@@ -17,7 +17,7 @@ def get_config():
   config.model = model = ml_collections.ConfigDict()
   # The predictive unit (stau_jax/models/registry.py): stau | mau | stau_no_tam |
   # stau_s_not_t | stau_t_not_s | stau_independent, or a comparison unit:
-  # convlstm | predrnn | predrnnpp | e3dlstm | motiongru | ...
+  # convlstm | predrnn | predrnnpp | mim | e3dlstm | motiongru | ...
   model.cell = 'stau'
   model.num_layers = 4
   model.num_hidden = 64

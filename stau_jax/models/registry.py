@@ -7,6 +7,7 @@ is one new module and one line here.
 from stau_jax.models import convlstm
 from stau_jax.models import e3dlstm
 from stau_jax.models import motiongru
+from stau_jax.models import mim
 from stau_jax.models import predrnn
 from stau_jax.models import predrnnpp
 from stau_jax.models import stau
@@ -23,6 +24,7 @@ UNITS = {
     'motiongru': unit.Unit(motiongru.layer_groups, motiongru.torch_key),
     'predrnnpp': unit.Unit(predrnnpp.layer_groups, predrnnpp.torch_key,
                            predrnnpp.UNUSED_TORCH_KEYS),
+    'mim': unit.Unit(mim.layer_groups, mim.torch_key, mim.UNUSED_TORCH_KEYS),
 }
 CELLS = tuple(UNITS)
 

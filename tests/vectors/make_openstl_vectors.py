@@ -4,7 +4,8 @@ For each case below this script builds the unit's reference model with
 random weights: OpenSTL's `<Unit>_Model` (from a checkout of
 chengtan9907/OpenSTL) or, for motiongru, MotionRNN's `RNN` (from a checkout
 of thuml/MotionRNN, core/models/MotionRNN_PredRNN.py). It moves every
-LayerNorm weight and bias off 1 and 0, scales the readout conv_last by 10,
+LayerNorm weight and bias off 1 and 0 and every zero-initialised parameter
+(MIM's peepholes) off 0, scales the readout conv_last by 10,
 feeds random patched frames and a random 0/1 scheduled-sampling mask through
 it and stores the inputs, the un-patched outputs, the config and the
 state_dict in one .npz per case under tests/vectors/openstl/. PredRNN++ is
@@ -15,7 +16,8 @@ Usage (from the repository root, in an environment with torch and numpy):
     python tests/vectors/make_openstl_vectors.py PATH/TO/MotionRNN motiongru
 
 Only the unit files are loaded from the checkout (openstl/modules/
-<unit>_modules.py and openstl/models/<unit>_model.py; MotionRNN's
+<unit>_modules.py, the other modules files its model imports from, and
+openstl/models/<unit>_model.py; MotionRNN's
 core/layers/MotionGRU.py, core/layers/SpatioTemporalLSTMCell_Motion_Highway.py
 and core/models/MotionRNN_PredRNN.py); the packages' __init__ files, which
 import timm and more, are never run. None of their code is in this
@@ -41,12 +43,16 @@ import torch
 B = 2
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'openstl')
 
-# unit -> (OpenSTL file stem, model class, cell classes its model imports)
+# unit -> (OpenSTL file stem, model class, cell classes its model imports:
+# from openstl/modules/<stem>_modules.py, or '<file stem>.<class>' from another
+# file of openstl/modules)
 MODELS = {
     'convlstm': ('convlstm', 'ConvLSTM_Model', ('ConvLSTMCell',)),
     'predrnn': ('predrnn', 'PredRNN_Model', ('SpatioTemporalLSTMCell',)),
     'e3dlstm': ('e3dlstm', 'E3DLSTM_Model', ('Eidetic3DLSTMCell',)),
     'predrnnpp': ('predrnnpp', 'PredRNNpp_Model', ('CausalLSTMCell', 'GHU')),
+    'mim': ('mim', 'MIM_Model', ('MIMBlock', 'MIMN',
+                                 'predrnn_modules.SpatioTemporalLSTMCell')),
 }
 
 # Units whose reference is thuml/MotionRNN (the others are OpenSTL's).
@@ -54,7 +60,8 @@ MOTIONRNN_UNITS = ('motiongru',)
 
 # One dict per vector: the unit, OpenSTL's layer_norm, frame channels, patch
 # size, layers, hidden channels, filter size, frame size, total and input
-# lengths. Small and non-square on purpose.
+# lengths, and optionally conv_gain, a factor on the cells' conv weights.
+# Small and non-square on purpose.
 CASES = [
     dict(name='convlstm_ln_gray_p4', unit='convlstm', layer_norm=1, channels=1,
          patch=4, layers=3, hidden=8, filter=3, height=16, width=24, total=7,
@@ -92,6 +99,11 @@ CASES = [
     dict(name='predrnnpp_ln_fixed_ghu_rgb_p2', unit='predrnnpp', layer_norm=1,
          channels=3, patch=2, layers=2, hidden=6, filter=3, height=8,
          width=12, total=6, input=3),
+    dict(name='mim_ln_gray_p4', unit='mim', layer_norm=1, channels=1, patch=4,
+         layers=3, hidden=6, filter=3, height=16, width=24, total=7, input=3),
+    dict(name='mim_rgb_p2', unit='mim', layer_norm=0, channels=3, patch=2,
+         layers=3, hidden=4, filter=5, height=8, width=12, total=7, input=2,
+         conv_gain=3),
 ]
 
 
@@ -104,13 +116,15 @@ def _load(path, name):
 
 
 def load_model_class(checkout, unit):
-  """OpenSTL's model class for `unit`, importing only its two files."""
+  """OpenSTL's model class for `unit`, importing only the files it needs."""
   stem, model_class, cells = MODELS[unit]
   root = os.path.join(checkout, 'openstl')
-  modules = _load(os.path.join(root, 'modules', f'{stem}_modules.py'),
-                  f'_openstl_{stem}_modules')
   package = types.ModuleType('openstl.modules')
   for cell in cells:
+    file_stem, _, cell = cell.rpartition('.')
+    file_stem = file_stem or f'{stem}_modules'
+    modules = _load(os.path.join(root, 'modules', f'{file_stem}.py'),
+                    f'_openstl_{file_stem}')
     setattr(package, cell, getattr(modules, cell))
   sys.modules.setdefault('openstl', types.ModuleType('openstl'))
   sys.modules['openstl.modules'] = package
@@ -235,6 +249,15 @@ def make_case(checkout, case, seed):
       if isinstance(module, torch.nn.LayerNorm):
         module.weight.add_(0.3 * torch.randn_like(module.weight))
         module.bias.add_(0.3 * torch.randn_like(module.bias))
+    # Parameters that start at zero would test nothing.
+    for parameter in model.parameters():
+      if not parameter.any():
+        parameter.normal_(0, 0.3)
+    # Without LayerNorm, deep units' states stay tiny at PyTorch's default
+    # init: larger weights in the cells make every part of them matter.
+    for module in model.modules():
+      if isinstance(module, torch.nn.Conv2d) and module is not model.conv_last:
+        module.weight.mul_(case.get('conv_gain', 1))
     # Larger outputs make the 1e-4 comparison in the tests a tighter check.
     model.conv_last.weight.mul_(10)
   frames = rng.uniform(size=(B, case['total'], case['height'], case['width'],
