@@ -6,6 +6,7 @@ is one new module and one line here.
 """
 from stau_jax.models import convlstm
 from stau_jax.models import predrnn
+from stau_jax.models import predrnnv2
 from stau_jax.models import stau
 from stau_jax.models import unit
 
@@ -15,6 +16,8 @@ UNITS = {
     'convlstm': unit.Unit(convlstm.layer_groups, unit.torch_key,
                           convlstm.UNUSED_TORCH_KEYS),
     'predrnn': unit.Unit(predrnn.layer_groups, unit.torch_key),
+    'predrnnv2': unit.Unit(predrnnv2.layer_groups, unit.torch_key,
+                           auxiliary_loss=predrnnv2.decoupling_loss),
 }
 CELLS = tuple(UNITS)
 

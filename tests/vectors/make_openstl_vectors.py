@@ -3,9 +3,12 @@
 For each case below this script builds OpenSTL's `<Unit>_Model` (from a
 checkout of chengtan9907/OpenSTL) with random weights, moves every LayerNorm
 weight and bias off 1 and 0, scales the readout conv_last by 10, feeds random patched frames and a random 0/1
-scheduled-sampling mask through it (`return_loss=False`) and stores the
-inputs, the un-patched outputs, the config and the state_dict in one .npz
-per case under tests/vectors/openstl/.
+scheduled-sampling mask through it and stores the inputs, the un-patched
+outputs, the config and the state_dict in one .npz per case under
+tests/vectors/openstl/. A case with `decouple_beta` (PredRNN-v2) runs with
+`return_loss=True` and also stores the loss minus the MSE, the weighted
+decoupling loss, as `auxiliary_loss`; a case with `reverse` 1 uses reverse
+scheduled sampling (a mask over the T-2 inputs after the first).
 
 Usage (from the repository root, in an environment with torch and numpy):
     python tests/vectors/make_openstl_vectors.py PATH/TO/OpenSTL [UNIT ...]
@@ -31,11 +34,14 @@ OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'openstl')
 MODELS = {
     'convlstm': ('convlstm', 'ConvLSTM_Model', ('ConvLSTMCell',)),
     'predrnn': ('predrnn', 'PredRNN_Model', ('SpatioTemporalLSTMCell',)),
+    'predrnnv2': ('predrnnv2', 'PredRNNv2_Model',
+                  ('SpatioTemporalLSTMCellv2',)),
 }
 
 # One dict per vector: the unit, OpenSTL's layer_norm, frame channels, patch
 # size, layers, hidden channels, filter size, frame size, total and input
-# lengths. Small and non-square on purpose.
+# lengths (and for PredRNN-v2 decouple_beta and reverse scheduled sampling).
+# Small and non-square on purpose.
 CASES = [
     dict(name='convlstm_ln_gray_p4', unit='convlstm', layer_norm=1, channels=1,
          patch=4, layers=3, hidden=8, filter=3, height=16, width=24, total=7,
@@ -49,6 +55,12 @@ CASES = [
     dict(name='predrnn_gray_p4', unit='predrnn', layer_norm=0, channels=1,
          patch=4, layers=2, hidden=8, filter=5, height=16, width=24, total=6,
          input=3),
+    dict(name='predrnnv2_ln_rgb_p2_reverse', unit='predrnnv2', layer_norm=1,
+         channels=3, patch=2, layers=3, hidden=6, filter=3, height=8,
+         width=12, total=7, input=3, decouple_beta=0.1, reverse=1),
+    dict(name='predrnnv2_gray_p4', unit='predrnnv2', layer_norm=0,
+         channels=1, patch=4, layers=2, hidden=8, filter=5, height=16,
+         width=24, total=6, input=3, decouple_beta=0.5, reverse=0),
 ]
 
 
@@ -100,7 +112,9 @@ def make_case(checkout, case, seed):
       patch_size=case['patch'], filter_size=case['filter'], stride=1,
       layer_norm=case['layer_norm'], pre_seq_length=case['input'],
       aft_seq_length=case['total'] - case['input'],
-      total_length=case['total'], reverse_scheduled_sampling=0)
+      total_length=case['total'],
+      reverse_scheduled_sampling=case.get('reverse', 0),
+      decouple_beta=case.get('decouple_beta', 0.0))
   model_class = load_model_class(checkout, case['unit'])
   model = model_class(case['layers'], [case['hidden']] * case['layers'],
                       configs).eval()
@@ -114,16 +128,22 @@ def make_case(checkout, case, seed):
   frames = rng.uniform(size=(B, case['total'], case['height'], case['width'],
                              case['channels'])).astype(np.float32)
   patches = reshape_patch(frames, case['patch'])
-  num_future = case['total'] - case['input'] - 1
-  mask = rng.integers(0, 2, size=(B, num_future, 1, 1, 1)).astype(np.float32)
-  mask = np.broadcast_to(mask, (B, num_future) + patches.shape[2:]).copy()
+  num_masked = (case['total'] - 2 if case.get('reverse') else
+                case['total'] - case['input'] - 1)
+  mask = rng.integers(0, 2, size=(B, num_masked, 1, 1, 1)).astype(np.float32)
+  mask = np.broadcast_to(mask, (B, num_masked) + patches.shape[2:]).copy()
+  with_loss = 'decouple_beta' in case
   with torch.no_grad():
-    outputs, _ = model(torch.from_numpy(patches), torch.from_numpy(mask),
-                       return_loss=False)
+    outputs, loss = model(torch.from_numpy(patches), torch.from_numpy(mask),
+                          return_loss=with_loss)
   predictions = unpatch(outputs.numpy(), case['patch'], case['channels'])
   arrays = {'frames': frames, 'sampling_mask': mask,
             'predictions': predictions.astype(np.float32),
             'config_json': np.array(json.dumps(case))}
+  if with_loss:
+    mse = torch.nn.functional.mse_loss(outputs,
+                                       torch.from_numpy(patches)[:, 1:])
+    arrays['auxiliary_loss'] = np.float32(loss.double() - mse.double())
   for key, value in model.state_dict().items():
     arrays['state_dict/' + key] = value.numpy()
   return arrays
