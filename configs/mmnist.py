@@ -17,7 +17,7 @@ def get_config():
   config.model = model = ml_collections.ConfigDict()
   # The predictive unit (stau_jax/models/registry.py): stau | mau | stau_no_tam |
   # stau_s_not_t | stau_t_not_s | stau_independent, or a comparison unit:
-  # convlstm | predrnn | predrnnpp | mim | e3dlstm | motiongru | ...
+  # convlstm | predrnn | predrnnpp | mim | e3dlstm | predrnnv2 | motiongru
   model.cell = 'stau'
   model.num_layers = 4
   model.num_hidden = 64
@@ -30,6 +30,7 @@ def get_config():
   model.recall = False
   model.frontend = 'stau'  # stau (the paper's encoder/decoder) | patch (OpenSTL: patched frames in, 1x1 conv out; needs num_downsample=0)
   model.layer_norm = False  # LayerNorm in the comparison units' convs (OpenSTL's layer_norm); STAU always has it
+  model.decouple_beta = 0.1  # weight of PredRNN-v2's memory decoupling loss in training (predrnnv2 only; OpenSTL's 0.1)
   model.conv_impl = 'auto'  # auto | xla | fast | resample: convolution lowering (stau_jax/ops.py); auto = fast on CPU
   model.layer_loop = 'auto'  # auto | scan | unrolled: the compiled loop over layers; auto = unrolled off CPU
   model.remat = 'auto'  # auto | none | cells: recompute cells' elementwise work in the backward (less memory); auto = cells on CPU

@@ -79,14 +79,16 @@ def convert_state_dict(state_dict, config):
   """Maps a reference state_dict (name -> numpy array) to stau_jax params.
 
   Works for the authors' STAU/MAU and for OpenSTL's units: each unit's
-  `torch_key` (models/registry.py) names its parameters. Raises ValueError
-  naming the key for a missing key, a shape mismatch (both shapes, in
-  PyTorch layout) or keys the config's model does not have.
+  `torch_key` (models/registry.py) names its layers' parameters; those of
+  its auxiliary loss (e.g. PredRNN-v2's adapter) are named as the reference
+  model's top-level attributes. Raises ValueError naming the key for a
+  missing key, a shape mismatch (both shapes, in PyTorch layout) or keys the
+  config's model does not have.
   """
   state_dict = {re.sub(r'^(module|model)\.', '', k): np.asarray(v, np.float32)
                 for k, v in state_dict.items()}
   model = models.create_model(config)
-  expected = models.param_shapes(config)['unroll']
+  expected = models.param_shapes(config)
   unit = registry.get(config.model.cell)
   frontend = config.model.get('frontend', 'stau')
   first_layer, offset = {}, 0
@@ -116,10 +118,13 @@ def convert_state_dict(state_dict, config):
 
   params = {}
   for path, spec in _leaves(expected):
-    if path[0] in ('encoder', 'decoder'):
-      value = take(_frontend_key(path, frontend), spec.shape, path[-1])
+    if path[0] == 'auxiliary_loss':
+      key = '.'.join(path[1:-1] + (_TORCH_LEAF[path[-1]],))
+      value = take(key, spec.shape, path[-1])
+    elif path[1] in ('encoder', 'decoder'):
+      value = take(_frontend_key(path[1:], frontend), spec.shape, path[-1])
     else:
-      group, inner = path[0], path[1:]
+      group, inner = path[1], path[2:]
       value = np.stack([
           take(unit.torch_key(inner, first_layer[group] + i), spec.shape[1:],
                path[-1]) for i in range(spec.shape[0])])
@@ -133,7 +138,7 @@ def convert_state_dict(state_dict, config):
     raise ValueError(f'Checkpoint has keys the config\'s model does not: '
                      f'{unexpected[:8]}{" ..." if len(unexpected) > 8 else ""}'
                      f'; check model.num_layers and model.num_downsample.')
-  return {'unroll': params}
+  return params
 
 
 def load_torch_state_dict(path):

@@ -102,8 +102,9 @@ def train_step(state, frames, *, model, optimizer, config):
     config: experiment config.
 
   Returns:
-    (new state, {'loss', 'learning_rate', 'eta'}): the loss is the mean over
-    the global batch; gradients are averaged over all devices.
+    (new state, {'loss', 'learning_rate', 'eta'}): the loss (MSE plus the
+    unit's auxiliary loss, if any) is the mean over the global batch;
+    gradients are averaged over all devices.
   """
   device_batch = frames.shape[0]
   mask = sampling.sampling_mask(config, state.rng, state.step,
@@ -112,8 +113,9 @@ def train_step(state, frames, *, model, optimizer, config):
       mask, jax.lax.axis_index('batch') * device_batch, device_batch)
 
   def loss_fn(params):
-    predictions = model.apply({'params': params}, frames, mask)
-    return jnp.mean(jnp.square(predictions - frames[:, 1:]))
+    predictions, auxiliary_loss = models.predict_with_auxiliary_loss(
+        model, params, frames, mask)
+    return jnp.mean(jnp.square(predictions - frames[:, 1:])) + auxiliary_loss
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   grads = jax.lax.pmean(grads, 'batch')

@@ -157,7 +157,9 @@ def test_gradients_are_finite_and_reach_every_parameter(cell, frontend):
   frames = _frames(config)
 
   def loss(p):
-    return jnp.mean((model.apply({'params': p}, frames) - frames[:, 1:])**2)
+    predictions, auxiliary_loss = models.predict_with_auxiliary_loss(
+        model, p, frames)
+    return jnp.mean((predictions - frames[:, 1:])**2) + auxiliary_loss
 
   grads = jax.grad(loss)(params)
   for path, grad in jax.tree_util.tree_flatten_with_path(grads)[0]:

@@ -29,6 +29,8 @@ def load(path):
       cell=case['unit'], num_layers=case['layers'], num_hidden=case['hidden'],
       filter_size=case['filter'], num_downsample=0, patch_size=case['patch'],
       frontend='patch', layer_norm=bool(case['layer_norm']))
+  if 'decouple_beta' in case:
+    config.model.decouple_beta = case['decouple_beta']
   config.data.update(image_size=(case['height'], case['width']),
                      channels=case['channels'], input_length=case['input'],
                      total_length=case['total'])
@@ -40,10 +42,15 @@ def load(path):
 
 
 def check(path, atol=1e-4):
-  """Converts the vector's OpenSTL weights and compares the predictions."""
+  """Converts the vector's OpenSTL weights and compares the predictions and,
+  where the vector has one, the auxiliary training loss."""
   config, state_dict, frames, mask, expected = load(path)
   params = convert_torch.convert_state_dict(state_dict, config)
   model = models.create_model(config)
-  predictions = model.apply({'params': params}, jnp.asarray(frames),
-                            jnp.asarray(mask))
+  predictions, auxiliary_loss = models.predict_with_auxiliary_loss(
+      model, params, jnp.asarray(frames), jnp.asarray(mask))
   np.testing.assert_allclose(predictions, expected, atol=atol)
+  data = np.load(path)
+  if 'auxiliary_loss' in data.files:
+    np.testing.assert_allclose(auxiliary_loss, data['auxiliary_loss'],
+                               rtol=1e-4)

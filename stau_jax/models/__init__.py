@@ -2,7 +2,9 @@
 from stau_jax.models.predictor import (Predictor, conv_factory, count_params,
                                        create_model, init_params,
                                        norm_factory, param_shapes,
-                                       patch_frames, ring_order,
+                                       patch_frames,
+                                       predict_with_auxiliary_loss,
+                                       ring_order,
                                        unpatch_frames, validate_model_config)
 from stau_jax.models import stau
 from stau_jax.models.registry import CELLS

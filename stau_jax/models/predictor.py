@@ -13,6 +13,9 @@ ring buffers) lives in fixed-size arrays in the time scan's carry.
 Collected on request (`mutable=['intermediates']`), for STAU: alpha
 (T-1, L, tau, B), beta (T-1, L, theta, B) and the gates F_T, F_S, U_T, U_S
 (T-1, L, B, h, w, C), in ring-slot order (see `ring_order`).
+
+A unit's auxiliary training loss (unit.py) comes with the predictions from
+`predict_with_auxiliary_loss`.
 """
 import functools
 from typing import Any, Callable
@@ -155,7 +158,8 @@ class _TimeStep(nn.Module):
     if resolve_remat(self.remat) == 'cells':
       body = nn.remat(body, policy=_SAVE_CONV_OUTPUTS)
     unrolled = resolve_layer_loop(self.layer_loop) == 'unrolled'
-    scan = nn.scan(body, variable_axes={'params': 0, 'intermediates': 0},
+    scan = nn.scan(body, variable_axes={'params': 0, 'intermediates': 0,
+                                        unit.AUXILIARY: 0},
                    split_rngs={'params': True},
                    in_axes=(0, nn.broadcast, nn.broadcast),
                    length=group.count, unroll=group.count if unrolled else 1)
@@ -208,6 +212,8 @@ class Predictor(nn.Module):
     patch_size, num_downsample: patching and the front-end's downsampling,
       which fix the hidden grid (H/p/2^n, W/p/2^n).
     input_length: frames always observed.
+    auxiliary_loss: the unit's auxiliary loss module factory, or None
+      (unit.Unit.auxiliary_loss); its parameters are 'auxiliary_loss'.
   """
   groups: tuple[unit.LayerGroup, ...]
   encoder: Callable[..., nn.Module]
@@ -219,6 +225,7 @@ class Predictor(nn.Module):
   dtype: Any = jnp.float32
   layer_loop: str = 'auto'
   remat: str = 'auto'
+  auxiliary_loss: Callable[..., nn.Module] | None = None
 
   @nn.compact
   def __call__(self, frames, sampling_mask=None, return_hidden=False):
@@ -286,11 +293,20 @@ class Predictor(nn.Module):
                    jnp.arange(length - 1))
     unroll = nn.scan(
         _TimeStep, variable_broadcast='params',
-        variable_axes={'intermediates': 0}, split_rngs={'params': False},
+        variable_axes={'intermediates': 0, unit.AUXILIARY: 0},
+        split_rngs={'params': False},
         length=length - 1)(
             self.groups, self.encoder, self.decoder, return_hidden,
             self.dtype, self.layer_loop, self.remat, name='unroll')
     _, outputs = unroll(carry, step_inputs)
+    if (self.auxiliary_loss is not None
+        and self.is_mutable_collection(unit.AUXILIARY)):
+      sown = unroll.variables[unit.AUXILIARY]
+      terms = jax.tree_util.tree_map(
+          lambda *groups: jnp.concatenate(groups, axis=1),
+          *(sown[group.name] for group in self.groups))
+      self.sow(unit.AUXILIARY, 'loss',
+               self.auxiliary_loss(name='auxiliary_loss')(terms))
     if return_hidden:
       predictions, hidden = outputs
       # (T-1, L, B, h, w, C) -> (B, T-1, L, h, w, C)
@@ -368,14 +384,30 @@ def create_model(config, dtype=jnp.float32):
   frame_channels = model.patch_size**2 * config.data.channels
   encoder, decoder, in_features = frontends.build(
       model, frontend, frame_channels, conv, conv_transpose)
-  groups = registry.get(model.cell).layer_groups(model, frontend, conv,
-                                                norm_factory(dtype))
+  entry = registry.get(model.cell)
+  groups = entry.layer_groups(model, frontend, conv, norm_factory(dtype))
+  auxiliary_loss = (entry.auxiliary_loss(model, conv)
+                    if entry.auxiliary_loss else None)
   return Predictor(
       groups=groups, encoder=encoder, decoder=decoder, in_features=in_features,
       patch_size=model.patch_size, num_downsample=model.num_downsample,
       input_length=config.data.input_length, dtype=dtype,
       layer_loop=model.get('layer_loop', 'auto'),
-      remat=model.get('remat', 'auto'))
+      remat=model.get('remat', 'auto'), auxiliary_loss=auxiliary_loss)
+
+
+def predict_with_auxiliary_loss(model, params, frames, sampling_mask=None):
+  """(predictions, the unit's auxiliary training loss), for training.
+
+  The loss is the float32 scalar of the unit's `auxiliary_loss` (already
+  weighted, e.g. PredRNN-v2's decouple_beta x decoupling loss), or 0.0 for
+  units without one, which then run exactly as `model.apply` does.
+  """
+  if model.auxiliary_loss is None:
+    return model.apply({'params': params}, frames, sampling_mask), 0.0
+  predictions, sown = model.apply({'params': params}, frames, sampling_mask,
+                                  mutable=[unit.AUXILIARY])
+  return predictions, sown[unit.AUXILIARY]['loss'][0]
 
 
 def param_shapes(config):

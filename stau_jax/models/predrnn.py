@@ -64,7 +64,12 @@ class SpatioTemporalLSTMCell(nn.Module):
 
 
 class PredRNNLayer(nn.Module):
-  """One PredRNN layer at one time step: an ST-LSTM on the zigzag memory."""
+  """One PredRNN layer at one time step: an ST-LSTM on the zigzag memory.
+
+  Sows the cell's (delta_c, delta_m) as 'memory_deltas' into
+  unit.AUXILIARY for PredRNN-v2's decoupling loss (a no-op unless the
+  collection is mutable).
+  """
   num_hidden: int
   filter_size: int
   layer_norm: bool
@@ -85,9 +90,10 @@ class PredRNNLayer(nn.Module):
   def __call__(self, inputs, memory, state, step, layer):
     del step, layer
     hidden, cell = state
-    hidden, cell, memory, _ = SpatioTemporalLSTMCell(
+    hidden, cell, memory, deltas = SpatioTemporalLSTMCell(
         self.num_hidden, self.filter_size, self.layer_norm, self.conv,
         self.norm, name='cell')(inputs, hidden, cell, memory)
+    self.sow(unit.AUXILIARY, 'memory_deltas', deltas)
     return hidden, memory, (hidden, cell)
 
 

@@ -6,10 +6,11 @@ is one new module and one line here.
 """
 from stau_jax.models import convlstm
 from stau_jax.models import e3dlstm
-from stau_jax.models import motiongru
 from stau_jax.models import mim
+from stau_jax.models import motiongru
 from stau_jax.models import predrnn
 from stau_jax.models import predrnnpp
+from stau_jax.models import predrnnv2
 from stau_jax.models import stau
 from stau_jax.models import unit
 
@@ -19,12 +20,14 @@ UNITS = {
     'convlstm': unit.Unit(convlstm.layer_groups, unit.torch_key,
                           convlstm.UNUSED_TORCH_KEYS),
     'predrnn': unit.Unit(predrnn.layer_groups, unit.torch_key),
-    'e3dlstm': unit.Unit(e3dlstm.layer_groups, e3dlstm.torch_key,
-                         e3dlstm.UNUSED_TORCH_KEYS),
-    'motiongru': unit.Unit(motiongru.layer_groups, motiongru.torch_key),
     'predrnnpp': unit.Unit(predrnnpp.layer_groups, predrnnpp.torch_key,
                            predrnnpp.UNUSED_TORCH_KEYS),
     'mim': unit.Unit(mim.layer_groups, mim.torch_key, mim.UNUSED_TORCH_KEYS),
+    'e3dlstm': unit.Unit(e3dlstm.layer_groups, e3dlstm.torch_key,
+                         e3dlstm.UNUSED_TORCH_KEYS),
+    'predrnnv2': unit.Unit(predrnnv2.layer_groups, unit.torch_key,
+                           auxiliary_loss=predrnnv2.decoupling_loss),
+    'motiongru': unit.Unit(motiongru.layer_groups, motiongru.torch_key),
 }
 CELLS = tuple(UNITS)
 

@@ -37,11 +37,21 @@ A layer module (one layer at one time step) provides:
 Layers build their convolutions with the `conv` factory (an `nn.Conv` with
 the configured dtype and lowering, see predictor.conv_factory) and their
 LayerNorms with `norm`, and never see config strings for those.
+
+A unit with an auxiliary training loss (PredRNN-v2's memory decoupling)
+gives its `Unit` an `auxiliary_loss`. Its layers `sow` what the loss needs
+into the AUXILIARY collection; the scans stack it over layers and steps,
+and the predictor applies the loss module, whose parameters are shared by
+all layers (e.g. one adapter conv), to the stack. Layers sow only while
+AUXILIARY is mutable (training and init), so inference pays nothing.
 """
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+# The collection layers sow their auxiliary loss terms into (see above).
+AUXILIARY = 'auxiliary'
 
 
 class Unit(NamedTuple):
@@ -52,10 +62,17 @@ class Unit(NamedTuple):
     key of that parameter in the unit's reference code (convert_torch).
   unused_torch_keys: a regular expression matching the reference's
     parameters that its forward pass never uses (skipped on conversion).
+  auxiliary_loss: None, or (config.model, conv) -> a factory of the module
+    computing the unit's weighted auxiliary training loss (a float32 scalar)
+    from the terms its layers sow into AUXILIARY: {sow name: tuple of the
+    sown values}, each leaf stacked to (T-1, L, ...) over steps and all
+    layers, bottom first. Its parameters are named as the reference
+    model's top-level attributes (convert_torch).
   """
   layer_groups: Callable[..., tuple['LayerGroup', ...]]
   torch_key: Callable[[tuple[str, ...], int], str]
   unused_torch_keys: str = r'$^'
+  auxiliary_loss: Callable[..., Callable[..., nn.Module]] | None = None
 
 
 class LayerGroup(NamedTuple):

@@ -10,6 +10,10 @@ feeds random patched frames and a random 0/1 scheduled-sampling mask through
 it and stores the inputs, the un-patched outputs, the config and the
 state_dict in one .npz per case under tests/vectors/openstl/. PredRNN++ is
 adjusted first (`fix_ghu_layer_norm`, `strengthen_predrnnpp`).
+A case with `decouple_beta` (PredRNN-v2) runs with `return_loss=True`
+and also stores the loss minus the MSE, the weighted decoupling loss, as
+`auxiliary_loss`; a case with `reverse` 1 uses reverse scheduled sampling (a
+mask over the T-2 inputs after the first).
 
 Usage (from the repository root, in an environment with torch and numpy):
     python tests/vectors/make_openstl_vectors.py PATH/TO/OpenSTL [UNIT ...]
@@ -35,6 +39,7 @@ import json
 import os
 import sys
 import types
+import zlib
 from unittest import mock
 
 import numpy as np
@@ -53,6 +58,8 @@ MODELS = {
     'predrnnpp': ('predrnnpp', 'PredRNNpp_Model', ('CausalLSTMCell', 'GHU')),
     'mim': ('mim', 'MIM_Model', ('MIMBlock', 'MIMN',
                                  'predrnn_modules.SpatioTemporalLSTMCell')),
+    'predrnnv2': ('predrnnv2', 'PredRNNv2_Model',
+                  ('SpatioTemporalLSTMCellv2',)),
 }
 
 # Units whose reference is thuml/MotionRNN (the others are OpenSTL's).
@@ -60,7 +67,8 @@ MOTIONRNN_UNITS = ('motiongru',)
 
 # One dict per vector: the unit, OpenSTL's layer_norm, frame channels, patch
 # size, layers, hidden channels, filter size, frame size, total and input
-# lengths, and optionally conv_gain, a factor on the cells' conv weights.
+# lengths; optionally conv_gain, a factor on the cells' conv weights, and
+# for PredRNN-v2 decouple_beta and reverse (reverse scheduled sampling).
 # Small and non-square on purpose.
 CASES = [
     dict(name='convlstm_ln_gray_p4', unit='convlstm', layer_norm=1, channels=1,
@@ -104,6 +112,12 @@ CASES = [
     dict(name='mim_rgb_p2', unit='mim', layer_norm=0, channels=3, patch=2,
          layers=3, hidden=4, filter=5, height=8, width=12, total=7, input=2,
          conv_gain=3),
+    dict(name='predrnnv2_ln_rgb_p2_reverse', unit='predrnnv2', layer_norm=1,
+         channels=3, patch=2, layers=3, hidden=6, filter=3, height=8,
+         width=12, total=7, input=3, decouple_beta=0.1, reverse=1),
+    dict(name='predrnnv2_gray_p4', unit='predrnnv2', layer_norm=0,
+         channels=1, patch=4, layers=2, hidden=8, filter=5, height=16,
+         width=24, total=6, input=3, decouple_beta=0.5, reverse=0),
 ]
 
 
@@ -146,14 +160,17 @@ def load_motionrnn_class(checkout):
 
 
 def build_openstl(checkout, case):
-  """(OpenSTL model, forward(patches, mask) -> patched predictions)."""
+  """(OpenSTL model, forward(patches, mask, with_loss) -> (patched
+  predictions, loss or None))."""
   configs = types.SimpleNamespace(
       in_shape=(case['total'], case['channels'], case['height'],
                 case['width']),
       patch_size=case['patch'], filter_size=case['filter'], stride=1,
       layer_norm=case['layer_norm'], pre_seq_length=case['input'],
       aft_seq_length=case['total'] - case['input'],
-      total_length=case['total'], reverse_scheduled_sampling=0)
+      total_length=case['total'],
+      reverse_scheduled_sampling=case.get('reverse', 0),
+      decouple_beta=case.get('decouple_beta', 0.0))
   model_class = load_model_class(checkout, case['unit'])
   model = model_class(case['layers'], [case['hidden']] * case['layers'],
                       configs).eval()
@@ -161,12 +178,13 @@ def build_openstl(checkout, case):
     if case['layer_norm']:
       fix_ghu_layer_norm(model)
     strengthen_predrnnpp(model, case['layer_norm'])
-  return model, lambda patches, mask: model(patches, mask,
-                                            return_loss=False)[0]
+  return model, lambda patches, mask, with_loss: model(
+      patches, mask, return_loss=with_loss)
 
 
 def build_motionrnn(checkout, case):
-  """(MotionRNN model, forward(patches, mask) -> patched predictions).
+  """(MotionRNN model, forward(patches, mask, with_loss) -> (patched
+  predictions, None)).
 
   The config is run.py's arguments that the model reads (batch_size fixes the
   states' batch). The states start from zeros instead of xavier_normal_
@@ -186,10 +204,11 @@ def build_motionrnn(checkout, case):
         conv.weight.normal_(0, 0.3)
       motion.output.weight.normal_(0, 1.0)
 
-  def forward(patches, mask):
+  def forward(patches, mask, with_loss):
+    del with_loss
     with mock.patch.object(torch.nn.init, 'xavier_normal_',
                            lambda tensor, gain=1.0: tensor.zero_()):
-      return model(patches, mask)[0]
+      return model(patches, mask)[0], None
   return model, forward
 
 
@@ -263,15 +282,22 @@ def make_case(checkout, case, seed):
   frames = rng.uniform(size=(B, case['total'], case['height'], case['width'],
                              case['channels'])).astype(np.float32)
   patches = reshape_patch(frames, case['patch'])
-  num_future = case['total'] - case['input'] - 1
-  mask = rng.integers(0, 2, size=(B, num_future, 1, 1, 1)).astype(np.float32)
-  mask = np.broadcast_to(mask, (B, num_future) + patches.shape[2:]).copy()
+  num_masked = (case['total'] - 2 if case.get('reverse') else
+                case['total'] - case['input'] - 1)
+  mask = rng.integers(0, 2, size=(B, num_masked, 1, 1, 1)).astype(np.float32)
+  mask = np.broadcast_to(mask, (B, num_masked) + patches.shape[2:]).copy()
+  with_loss = 'decouple_beta' in case
   with torch.no_grad():
-    outputs = forward(torch.from_numpy(patches), torch.from_numpy(mask))
+    outputs, loss = forward(torch.from_numpy(patches), torch.from_numpy(mask),
+                            with_loss)
   predictions = unpatch(outputs.numpy(), case['patch'], case['channels'])
   arrays = {'frames': frames, 'sampling_mask': mask,
             'predictions': predictions.astype(np.float32),
             'config_json': np.array(json.dumps(case))}
+  if with_loss:
+    mse = torch.nn.functional.mse_loss(outputs,
+                                       torch.from_numpy(patches)[:, 1:])
+    arrays['auxiliary_loss'] = np.float32(loss.double() - mse.double())
   for key, value in model.state_dict().items():
     arrays['state_dict/' + key] = value.numpy()
   return arrays
@@ -284,10 +310,11 @@ def main(argv):
              f'checkout, the others from OpenSTL: generate them in separate '
              f'runs.')
   os.makedirs(OUT_DIR, exist_ok=True)
-  for seed, case in enumerate(CASES):
+  for case in CASES:
     if case['unit'] not in units:
       continue
     path = os.path.join(OUT_DIR, case['name'] + '.npz')
+    seed = zlib.crc32(case['name'].encode())  # Stable as cases are added.
     np.savez_compressed(path, **make_case(checkout, case, seed))
     print('wrote', path)
 
