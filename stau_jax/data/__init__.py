@@ -49,10 +49,13 @@ def validate_data_config(config, num_devices=None, process_count=1):
   if data.dataset not in DATASETS:
     raise ValueError(f'config.data.dataset={data.dataset!r} is not one of '
                      f'{DATASETS}')
-  image_size = tuple(data.image_size)
-  if len(image_size) != 2 or min(image_size) <= 0:
+  image_size = data.image_size
+  if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2 or
+      not all(isinstance(x, int) and x > 0 for x in image_size)):
     raise ValueError(f'config.data.image_size={image_size} must be (height, '
-                     'width) with positive sizes')
+                     'width) with positive sizes, e.g. '
+                     '--config.data.image_size="(64, 64)"')
+  image_size = tuple(image_size)
   shapes.check_frame_size('config.data.image_size', *image_size,
                           config.model.patch_size, config.model.num_downsample)
   if not 0 < data.input_length < data.total_length:
@@ -85,6 +88,11 @@ def _validate_moving_mnist(config):
                      'frames have 1 channel')
   if data.num_digits < 1:
     raise ValueError(f'config.data.num_digits={data.num_digits} must be >= 1')
+  if data.test_set == 'generated' and not (
+      isinstance(data.num_test_sequences, int) and
+      data.num_test_sequences > 0):
+    raise ValueError(f'config.data.num_test_sequences='
+                     f'{data.num_test_sequences} must be positive')
   if data.digits not in DIGIT_SOURCES:
     raise ValueError(f'config.data.digits={data.digits!r} is not one of '
                      f'{DIGIT_SOURCES}')
