@@ -9,13 +9,15 @@ architecture (override it as --config.model.cell=mau, etc.). The conversion
 itself (`convert_state_dict`) works on a dict of numpy arrays, so only
 reading the .ckpt file needs torch (pip install -e ".[torch]").
 """
+import os
 import re
 
-from absl import app
 from absl import flags
 import numpy as np
 from ml_collections import config_flags
 
+from stau_jax import cli
+from stau_jax import errors
 from stau_jax import export
 from stau_jax import models
 
@@ -61,6 +63,11 @@ def convert_state_dict(state_dict, config):
   """
   state_dict = {re.sub(r'^module\.', '', k): np.asarray(v, np.float32)
                 for k, v in state_dict.items()}
+  for key, value in sorted(state_dict.items()):
+    if not np.all(np.isfinite(value)):
+      raise ValueError(f'Checkpoint key {key!r} holds NaN or inf: the model '
+                       f'it was saved from had diverged; convert an earlier '
+                       f'checkpoint.')
   expected = models.param_shapes(config)['unroll']
   used = set()
 
@@ -111,10 +118,26 @@ def load_torch_state_dict(path):
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError('Reading PyTorch checkpoints needs torch: '
-                      'pip install -e ".[torch]"') from e
-  checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-  state_dict = checkpoint.get('net_param', checkpoint)
+    raise errors.InputError('Reading a PyTorch checkpoint needs torch', path,
+                            'pip install -e ".[torch]"') from e
+  if not os.path.isfile(path):
+    raise errors.InputError('No such PyTorch checkpoint', path,
+                            'check --checkpoint')
+  try:
+    # weights_only: never runs code from the file (malicious pickles).
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # torch raises many types for bad files.
+    raise errors.InputError(
+        f'Cannot read the PyTorch checkpoint ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else "empty or truncated"})',
+        path, 'pass a file saved by the authors\' code with torch.save') from e
+  state_dict = (checkpoint.get('net_param', checkpoint)
+                if isinstance(checkpoint, dict) else checkpoint)
+  if not isinstance(state_dict, dict) or not all(
+      isinstance(v, torch.Tensor) for v in state_dict.values()):
+    raise errors.InputError(
+        'The PyTorch checkpoint holds no state_dict of tensors', path,
+        "pass what the authors' code saves, {'net_param': state_dict}")
   return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
 
 
@@ -141,5 +164,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

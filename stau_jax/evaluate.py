@@ -13,6 +13,7 @@ naive predictor (all-zero frames, or the last input frame repeated) on the
 same test set, for comparison.
 """
 import json
+import sys
 
 from absl import app
 from absl import flags
@@ -22,8 +23,11 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from stau_jax import checkpoints
+from stau_jax import cli
 from stau_jax import data
 from stau_jax import distributed
+from stau_jax import errors
 from stau_jax import export
 from stau_jax import metrics
 from stau_jax import models
@@ -146,6 +150,9 @@ def _overridable_fields():
   overridable = ml_collections.ConfigDict()
   overridable.eval_batch_size = 16
   overridable.num_eval_batches = -1
+  overridable.model = ml_collections.ConfigDict()
+  for name in checkpoints.IMPLEMENTATION_FIELDS:  # how, not what, it computes
+    overridable.model[name] = 'auto'
   overridable.data = ml_collections.ConfigDict()
   overridable.data.test_set = 'generated'
   overridable.data.data_dir = ''
@@ -155,6 +162,19 @@ def _overridable_fields():
   overridable.data.test_total_length = ml_collections.config_dict.placeholder(
       int)
   return overridable
+
+
+def _check_overrides(argv, overridable):
+  """Raises InputError for a --config.X the export's config may not take."""
+  allowed = sorted(checkpoints.flatten(overridable.to_dict()))
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      name = arg[len('--config.'):].split('=')[0]
+      if name not in allowed:
+        raise errors.InputError(
+            f'--config.{name} cannot be overridden: the export fixes the '
+            'model and the frames its parameters belong to', None,
+            'evaluate accepts ' + ', '.join(f'--config.{n}' for n in allowed))
 
 
 def main(argv):
@@ -192,6 +212,7 @@ def define_flags():
   flags.DEFINE_enum('baseline', None, BASELINES,
                     'Evaluate a naive predictor on the export\'s test set '
                     'instead of the model.')
+  _check_overrides(sys.argv, _overridable_fields())
   config_flags.DEFINE_config_dict(
       'config', _overridable_fields(),
       "Overrides of the export's config, e.g. --config.data.test_set="
@@ -200,5 +221,4 @@ def define_flags():
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)
