@@ -14,9 +14,11 @@ same test set, for comparison.
 """
 import json
 import sys
+import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,6 +33,7 @@ from stau_jax import errors
 from stau_jax import export
 from stau_jax import metrics
 from stau_jax import models
+from stau_jax import summaries
 
 FLAGS = flags.FLAGS
 BASELINES = ('zeros', 'last_frame')
@@ -79,7 +82,8 @@ def make_eval_step(model, config, baseline=None):
   return jax.pmap(eval_step, axis_name='batch')
 
 
-def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0):
+def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
+             num_sequences=None):
   """Runs `eval_step` over test batches; every host must call it.
 
   Args:
@@ -90,6 +94,9 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0):
       and B must be divisible by the number of devices of all hosts.
     num_batches: stop after this many batches; -1 for all.
     num_samples: how many sequences of the first batch to return.
+    num_sequences: the test set's size if known (`data.test_set_size`), for
+      the ETA of the progress lines (one every
+      summaries.PROGRESS_EVERY_SECS).
 
   Returns:
     (result, samples): `metrics.finalize` output and {'frames': (n, T, H, W,
@@ -99,10 +106,21 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0):
   num_devices = jax.local_device_count()
   process_count = jax.process_count()
   sums, samples = None, None
+  start = last_progress = time.time()
+  total = num_batches if num_batches > 0 else None
   for index, batch in enumerate(batches):
     if index == num_batches:
       break
     frames, valid = batch['frames'], batch['valid']
+    if total is None and num_sequences:
+      total = -(-num_sequences // len(frames))
+    if index and time.time() - last_progress >= summaries.PROGRESS_EVERY_SECS:
+      last_progress = time.time()
+      rate = index / (last_progress - start)
+      logging.info('Evaluating: %d/%s batches of %d | %.2f batches/s | ETA %s',
+                   index, total or '?', len(frames), rate,
+                   summaries.format_duration((total - index) / rate)
+                   if total else '?')
     host_size = len(frames) // process_count
     if host_size * process_count != len(frames) or host_size % num_devices:
       raise ValueError(
@@ -141,7 +159,7 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   replicated = distributed.replicate(params)
   result, _ = evaluate(eval_step, replicated,
                        data.create_test_iterator(config, batch_size),
-                       num_batches)
+                       num_batches, num_sequences=data.test_set_size(config))
   return result
 
 

@@ -42,8 +42,7 @@ from stau_jax import visualize
 
 LOSSES_FILE = 'train_losses.jsonl'
 NUM_SAMPLES = 4  # test sequences drawn as PNG strips and GIFs per evaluation
-PROGRESS_EVERY_SECS = 30  # a progress line at least this often
-FIRST_STEPS_LOGGED = 2  # and for the first steps of every run
+FIRST_STEPS_LOGGED = 2  # progress lines also for a run's first steps
 
 
 @flax.struct.dataclass
@@ -232,11 +231,6 @@ def _truncate_losses(workdir, step):
   os.replace(path + '.tmp', path)
 
 
-def _format_duration(seconds):
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
-
-
 def _write_evaluation(workdir, writer, config, step, result, samples):
   """Logs and writes one evaluation: table, JSON, TensorBoard, PNG and GIFs."""
   table = metrics.format_table(result)
@@ -354,7 +348,7 @@ def _train_and_evaluate(config, workdir):
     is_last = step == config.num_train_steps
     log_now = (step % config.log_every_steps == 0 or is_last or
                step <= initial_step + FIRST_STEPS_LOGGED or
-               time.time() - last_progress >= PROGRESS_EVERY_SECS)
+               time.time() - last_progress >= summaries.PROGRESS_EVERY_SECS)
     eval_now = step % config.eval_every_steps == 0 or is_last
     checkpoint_now = step % config.checkpoint_every_steps == 0 or is_last
     if not (log_now or eval_now or checkpoint_now):
@@ -383,7 +377,7 @@ def _train_and_evaluate(config, workdir):
       last_progress = time.time()
       steps_per_sec = ((step - timer_step) / (time.time() - timer_start)
                        if step > timer_step else float('nan'))
-      remaining = (_format_duration((config.num_train_steps - step) /
+      remaining = (summaries.format_duration((config.num_train_steps - step) /
                                     steps_per_sec)
                    if steps_per_sec > 0 else '?')
       loss = np.mean([r['loss'] for r in records])
@@ -400,7 +394,8 @@ def _train_and_evaluate(config, workdir):
     if eval_now:
       result, samples = evaluate.evaluate(
           eval_step, state.params, data.create_test_iterator(config),
-          config.num_eval_batches, NUM_SAMPLES)
+          config.num_eval_batches, NUM_SAMPLES,
+          data.test_set_size(config))
       if is_chief:
         _write_evaluation(workdir, writer, config, step, result, samples)
     if checkpoint_now:

@@ -22,6 +22,7 @@ from stau_jax import data
 from stau_jax import distributed
 from stau_jax import models
 from stau_jax import sampling
+from stau_jax import summaries
 from stau_jax import train
 from tests import runs
 
@@ -375,3 +376,19 @@ def test_resume_logs_changed_training_fields(tiny_run, tmp_path, caplog):
       caplog.text)
   assert 'Resuming with config.seed = 7 (the run started with 0)' in (
       caplog.text)
+
+
+def test_progress_every_interval_with_eta_in_training_and_evaluation(
+    tmp_path, caplog, monkeypatch):
+  caplog.set_level(logging.INFO)
+  monkeypatch.setattr(summaries, 'PROGRESS_EVERY_SECS', 0)
+  config = _config(num_train_steps=4, log_every_steps=100,
+                   checkpoint_every_steps=100, num_eval_batches=-1)
+  config.data.num_test_sequences = 24  # 3 batches of 8
+  train.train_and_evaluate(config, str(tmp_path))
+  for step in range(1, 5):
+    assert f'step {step}/4 | loss' in caplog.text
+  assert 'steps/s | ETA 0:00:00' in caplog.text
+  for index in (1, 2):
+    assert f'Evaluating: {index}/3 batches of 8' in caplog.text
+  assert 'batches/s | ETA 0:00:0' in caplog.text

@@ -211,6 +211,16 @@ def create_test_iterator(config, batch_size=None, *, patch_size=1):
           for frames, valid in pipeline.padded_batches(chunks, batch_size))
 
 
+def test_set_size(config):
+  """Sequences in config's test set when known without reading it, else None."""
+  data = config.data
+  if data.dataset != 'moving_mnist' or data.test_set == 'official':
+    return None
+  if data.test_set == 'generated':
+    return data.num_test_sequences
+  return moving_mnist.load_official_npy(data.test_set).shape[1]
+
+
 def create_test_arrays(config):
   """The whole test set as float32 (N, T_test, H, W, C); small sets only."""
   batches = [b['frames'][b['valid']] for b in create_test_iterator(config)]
