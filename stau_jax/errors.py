@@ -39,6 +39,10 @@ class ExportError(UserError, ValueError):
   """An export file that is missing, corrupt or does not fit its config."""
 
 
+class JoinError(UserError, RuntimeError):
+  """Processes of a multi-host run that did not join in time."""
+
+
 class InputError(UserError, ValueError):
   """An input file or setting (frames, a PyTorch checkpoint, a size) that
   cannot be used."""
