@@ -10,7 +10,7 @@ except that the errors a user can cause
 (`USER_ERRORS`: `errors.UserError` such as CheckpointError and ExportError,
 ValueError from validating settings and files, OSError for missing or
 unreadable files, EOFError for truncated ones, FloatingPointError for a
-diverged run) print one line on stderr,
+diverged run, app.UsageError for bad arguments) print one line on stderr,
 
   error: <what> (<file>): <what to do>
 
@@ -27,7 +27,7 @@ from absl import flags
 from stau_jax import errors
 
 USER_ERRORS = (errors.UserError, ValueError, OSError, EOFError,
-               FloatingPointError)
+               FloatingPointError, app.UsageError)
 
 
 def describe(error):
@@ -36,8 +36,10 @@ def describe(error):
     if error.filename is not None:
       return (f'{error.strerror or type(error).__name__} ({error.filename}): '
               'check the path, its permissions and the free space')
-  message = str(error) or type(error).__name__
-  return ' '.join(message.split())
+  message = ' '.join((str(error) or type(error).__name__).split())
+  if isinstance(error, app.UsageError):
+    message = message.rstrip('.') + ': see --helpshort'
+  return message
 
 
 def _guarded(function, *args):

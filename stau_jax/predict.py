@@ -17,8 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from stau_jax import cli
+from stau_jax import errors
 from stau_jax import export
 from stau_jax import models
+
+
+def load_frames(path):
+  """Memory-maps the .npy file of frames at `path`; InputError if unreadable."""
+  try:
+    return np.load(path, mmap_mode='r')
+  except (ValueError, EOFError) as e:  # not .npy, truncated, pickled
+    raise errors.InputError(f'Cannot read the frames: {e}', path,
+                            'pass a .npy array (N, T, H, W[, C])') from e
 
 
 def check_inputs(frames, config):
@@ -140,7 +150,7 @@ def define_flags():
 def main(argv):
   del argv
   params, config = export.load_export(FLAGS.export)
-  frames = check_inputs(np.load(FLAGS.input, mmap_mode='r'), config)
+  frames = check_inputs(load_frames(FLAGS.input), config)
   height, width = config.data.image_size
   shape = (len(frames), config.data.total_length - config.data.input_length,
            height, width, config.data.channels)

@@ -451,7 +451,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   params, config = export.load_export(FLAGS.export)
-  clips = np.load(FLAGS.input, mmap_mode='r')
+  clips = predict.load_frames(FLAGS.input)
   for index in FLAGS.index:
     if not 0 <= index < len(clips):
       raise app.UsageError(f'--index={index} is outside the {len(clips)} '

@@ -132,6 +132,15 @@ _CASES = {
         ('-m', 'stau_jax.visualize', '--export={root}/tiny.export',
          '--input={root}/none.npy', '--output={root}/pictures'),
         'error: No such file or directory ({root}/none.npy)'),
+    'visualize index out of range': (
+        ('-m', 'stau_jax.visualize', '--export={root}/tiny.export',
+         '--input={root}/clips.npy', '--output={root}/pictures', '--index=5'),
+        'error: --index=5 is outside the 2 sequences of {root}/clips.npy: '
+        'see --helpshort'),
+    'predict input not npy': (
+        ('-m', 'stau_jax.predict', '--export={root}/tiny.export',
+         '--input={root}/empty.ckpt', '--output={root}/out.npy'),
+        'error: Cannot read the frames: '),
     'benchmark steps 0': (
         ('-m', 'stau_jax.benchmark', '--steps=0'),
         'error: flag --steps=0: '),
