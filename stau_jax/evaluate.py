@@ -151,6 +151,9 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   Returns the `metrics.finalize` result.
   """
   batch_size = batch_size or config.eval_batch_size
+  if not (num_batches == -1 or num_batches >= 1):
+    raise ValueError(f'num_eval_batches must be a positive integer, or -1 for '
+                     f'the whole test set; got {num_batches!r}.')
   num_devices = jax.local_device_count()
   if batch_size % num_devices:
     raise ValueError(f'Batch size {batch_size} is not divisible by the '

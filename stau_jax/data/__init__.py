@@ -106,6 +106,11 @@ def _validate_moving_mnist(config):
     if not os.path.exists(path):
       raise ValueError(f'config.data.test_set: file {path} does not exist')
     moving_mnist.load_official_npy(path)
+  if (data.test_set == 'official' and
+      not mnist_digits.tensorflow_available()):
+    raise ValueError("config.data.test_set='official' reads TFDS "
+                     'moving_mnist, which needs TensorFlow; install it or pass '
+                     'the path of mnist_test_seq.npy')
   if data.test_set != 'generated':
     if tuple(data.image_size) != (64, 64):
       raise ValueError(
