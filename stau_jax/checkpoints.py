@@ -48,8 +48,9 @@ WorkdirBusyError = errors.WorkdirBusyError
 
 
 def _field(config, path):
+  """config.<path> (None if absent), without the implementation fields."""
   for name in path.split('.'):
-    config = config[name]
+    config = config.get(name)
   if path == 'model':
     return {k: v for k, v in config.items() if k not in IMPLEMENTATION_FIELDS}
   return config

@@ -60,6 +60,15 @@ def test_implementation_and_training_fields_may_change(group, name, value):
   checkpoints.check_compatible(saved, current, 'runs/x')
 
 
+def test_a_saved_config_without_a_field_is_refused_not_crashed():
+  saved = tiny.get_config()
+  del saved.data['dataset']
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='config.data.dataset = None, but the current '
+                     'config has moving_mnist'):
+    checkpoints.check_compatible(saved, tiny.get_config(), 'runs/x')
+
+
 @pytest.mark.parametrize('group, name, value, message', [
     ('model', 'num_hidden', 16, r'config.model.num_hidden = 8, but the '
      r'current config has 16'),
