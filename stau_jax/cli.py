@@ -5,18 +5,19 @@ Every `python -m stau_jax.X` program ends with
   if __name__ == '__main__':
     cli.run(main, define_flags)    # or cli.run(main): flags defined at import
 
-`run(main, define_flags)` calls `define_flags()` and then `absl.app.run(main)`,
-except that the errors a user can cause
-(`USER_ERRORS`: `errors.UserError` such as CheckpointError and ExportError,
-ValueError from validating settings and files, OSError for missing or
-unreadable files, EOFError for truncated ones, FloatingPointError for a
-diverged run, app.UsageError for bad arguments) print one line on stderr,
+`run(main, define_flags)` calls `define_flags()` and then
+`absl.app.run(main)`, except that the errors a user can cause (`USER_ERRORS`:
+`errors.UserError` such as CheckpointError and ExportError, ValueError from
+validating settings and files, OSError for missing or unreadable files,
+EOFError for truncated ones, FloatingPointError for a diverged run,
+app.UsageError for bad arguments) print one line on stderr,
 
   error: <what> (<file>): <what to do>
 
 and exit with status 1, as do bad flag values (`error: flag --x=...: ...`).
-Any other exception is a bug and keeps its
-traceback; `--verbosity=1` (or -v 1) shows the traceback of user errors too.
+Raise `errors.UserError` subclasses with (what, file, what to do) to get
+all three parts. Any other exception is a bug and keeps its traceback;
+`--verbosity=1` (or -v 1) shows the traceback of user errors too.
 """
 import functools
 import sys
