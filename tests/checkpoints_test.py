@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -175,19 +176,30 @@ def test_stale_workdir_lock_of_a_dead_process_is_taken_over(tmp_path,
 
 
 def test_concurrent_lockers_admit_exactly_one(tmp_path):
-  script = ('import sys, time\n'
+  # The holder keeps the lock until the test creates `release`, after the
+  # others have given up, so slow starts cannot make this flaky.
+  script = ('import os, sys, time\n'
             'from stau_jax import checkpoints\n'
             'try:\n'
             '  with checkpoints.workdir_lock(sys.argv[1]):\n'
-            '    print("held", flush=True); time.sleep(3)\n'
+            '    print("held", flush=True)\n'
+            '    while not os.path.exists(sys.argv[2]):\n'
+            '      time.sleep(0.05)\n'
             'except checkpoints.WorkdirBusyError:\n'
             '  print("busy")\n')
-  processes = [subprocess.Popen([sys.executable, '-c', script, str(tmp_path)],
-                                env=runs.environment(), cwd=runs.REPO,
-                                stdout=subprocess.PIPE, text=True)
-               for _ in range(4)]
+  release = tmp_path / 'release'
+  processes = [subprocess.Popen(
+      [sys.executable, '-c', script, str(tmp_path / 'run'), str(release)],
+      env=runs.environment(), cwd=runs.REPO, stdout=subprocess.PIPE,
+      text=True) for _ in range(4)]
+  deadline = time.time() + 120
+  while sum(p.poll() is not None for p in processes) < 3:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  release.touch()
   outputs = sorted(p.communicate(timeout=120)[0].strip() for p in processes)
   assert outputs == ['busy', 'busy', 'busy', 'held']
+  assert os.listdir(tmp_path / 'run') == []
 
 
 def test_checkpoint_with_flipped_bits_is_refused(tmp_path):

@@ -66,7 +66,7 @@ def test_a_missing_process_is_named_after_the_timeout(tmp_path):
           [sys.executable, *runs.train_args(str(tmp_path / 'run'))],
           env=runs.environment(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{p}',
                                JAX_NUM_PROCESSES=n, JAX_PROCESS_ID=i,
-                               STAU_INIT_TIMEOUT='4'),
+                               STAU_INIT_TIMEOUT='8'),
           cwd=runs.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
           text=True) for name, (p, n, i) in commands.items()}
   start = time.time()
@@ -76,14 +76,14 @@ def test_a_missing_process_is_named_after_the_timeout(tmp_path):
   for name, process in processes.items():
     assert process.returncode == 1, errors[name][-3000:]
     assert 'Traceback' not in errors[name]
-  assert 'waiting up to 4 s (STAU_INIT_TIMEOUT) for processes 1, 2' in (
+  assert 'waiting up to 8 s (STAU_INIT_TIMEOUT) for processes 1, 2' in (
       errors[0])
   assert errors[0].splitlines()[-1] == (
-      f'error: Process(es) 1 of 3 did not join within 4 s (coordinator port '
+      f'error: Process(es) 1 of 3 did not join within 8 s (coordinator port '
       f'{port}): start them with the same JAX_COORDINATOR_ADDRESS, or raise '
       f'STAU_INIT_TIMEOUT')
   assert errors[2].splitlines()[-1].startswith(
-      f'error: Process(es) 1 did not join within 4 s (127.0.0.1:{port})')
+      f'error: Process(es) 1 did not join within 8 s (127.0.0.1:{port})')
   assert errors['lone'].splitlines()[-1].startswith(
-      f'error: Process 0 did not open the coordinator within 4 s '
+      f'error: Process 0 did not open the coordinator within 8 s '
       f'(127.0.0.1:{lone_port})')
