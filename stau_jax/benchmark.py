@@ -30,6 +30,7 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
+from stau_jax import cli
 from stau_jax import ops
 from stau_jax.models import predictor
 
@@ -164,7 +165,8 @@ def define_flags():
   """Defines the CLI flags (only when run as a program, so CLIs can share a process)."""
   config_flags.DEFINE_config_file(
       'config', 'configs/mmnist.py', 'Config file (model and data shape).')
-  flags.DEFINE_integer('steps', 5, 'Timed calls of each function.')
+  flags.DEFINE_integer('steps', 5, 'Timed calls of each function.',
+                       lower_bound=1)
   flags.DEFINE_string('profile_dir', None,
                       'If set, write a profiler trace of 3 training steps here.')
 
@@ -199,5 +201,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

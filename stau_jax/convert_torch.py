@@ -11,13 +11,15 @@ config must describe the same architecture (override it as
 itself (`convert_state_dict`) works on a dict of numpy arrays, so only
 reading the .ckpt file needs torch (pip install -e ".[torch]").
 """
+import os
 import re
 
-from absl import app
 from absl import flags
 import numpy as np
 from ml_collections import config_flags
 
+from stau_jax import cli
+from stau_jax import errors
 from stau_jax import export
 from stau_jax import models
 from stau_jax.models import registry
@@ -87,6 +89,11 @@ def convert_state_dict(state_dict, config):
   """
   state_dict = {re.sub(r'^(module|model)\.', '', k): np.asarray(v, np.float32)
                 for k, v in state_dict.items()}
+  for key, value in sorted(state_dict.items()):
+    if not np.all(np.isfinite(value)):
+      raise ValueError(f'Checkpoint key {key!r} holds NaN or inf: the model '
+                       f'it was saved from had diverged; convert an earlier '
+                       f'checkpoint.')
   model = models.create_model(config)
   expected = models.param_shapes(config)
   unit = registry.get(config.model.cell)
@@ -150,11 +157,28 @@ def load_torch_state_dict(path):
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError('Reading PyTorch checkpoints needs torch: '
-                      'pip install -e ".[torch]"') from e
-  checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-  return {k: v.detach().cpu().numpy()
-          for k, v in unwrap_state_dict(checkpoint).items()}
+    raise errors.InputError('Reading a PyTorch checkpoint needs torch', path,
+                            'pip install -e ".[torch]"') from e
+  if not os.path.isfile(path):
+    raise errors.InputError('No such PyTorch checkpoint', path,
+                            'check --checkpoint')
+  try:
+    # weights_only: never runs code from the file (malicious pickles).
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # torch raises many types for bad files.
+    raise errors.InputError(
+        f'Cannot read the PyTorch checkpoint ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else "empty or truncated"})',
+        path, 'pass a file saved with torch.save (the authors\' code, OpenSTL)') from e
+  state_dict = (checkpoint.get('net_param', checkpoint)
+                if isinstance(checkpoint, dict) else checkpoint)
+  if not isinstance(state_dict, dict) or not all(
+      isinstance(v, torch.Tensor) for v in state_dict.values()):
+    raise errors.InputError(
+        'The PyTorch checkpoint holds no state_dict of tensors', path,
+        "pass a state_dict, the authors' {'net_param': state_dict} or a "
+        "Lightning checkpoint")
+  return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
 
 
 def unwrap_state_dict(checkpoint):
@@ -189,5 +213,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

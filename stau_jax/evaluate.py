@@ -13,20 +13,27 @@ naive predictor (all-zero frames, or the last input frame repeated) on the
 same test set, for comparison.
 """
 import json
+import sys
+import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from stau_jax import checkpoints
+from stau_jax import cli
 from stau_jax import data
 from stau_jax import distributed
+from stau_jax import errors
 from stau_jax import export
 from stau_jax import metrics
 from stau_jax import models
+from stau_jax import summaries
 
 FLAGS = flags.FLAGS
 BASELINES = ('zeros', 'last_frame')
@@ -75,7 +82,8 @@ def make_eval_step(model, config, baseline=None):
   return jax.pmap(eval_step, axis_name='batch')
 
 
-def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0):
+def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
+             num_sequences=None):
   """Runs `eval_step` over test batches; every host must call it.
 
   Args:
@@ -86,6 +94,9 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0):
       and B must be divisible by the number of devices of all hosts.
     num_batches: stop after this many batches; -1 for all.
     num_samples: how many sequences of the first batch to return.
+    num_sequences: the test set's size if known (`data.test_set_size`), for
+      the ETA of the progress lines (one every
+      summaries.PROGRESS_EVERY_SECS).
 
   Returns:
     (result, samples): `metrics.finalize` output and {'frames': (n, T, H, W,
@@ -95,10 +106,21 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0):
   num_devices = jax.local_device_count()
   process_count = jax.process_count()
   sums, samples = None, None
+  start = last_progress = time.time()
+  total = num_batches if num_batches > 0 else None
   for index, batch in enumerate(batches):
     if index == num_batches:
       break
     frames, valid = batch['frames'], batch['valid']
+    if total is None and num_sequences:
+      total = -(-num_sequences // len(frames))
+    if index and time.time() - last_progress >= summaries.PROGRESS_EVERY_SECS:
+      last_progress = time.time()
+      rate = index / (last_progress - start)
+      logging.info('Evaluating: %d/%s batches of %d | %.2f batches/s | ETA %s',
+                   index, total or '?', len(frames), rate,
+                   summaries.format_duration((total - index) / rate)
+                   if total else '?')
     host_size = len(frames) // process_count
     if host_size * process_count != len(frames) or host_size % num_devices:
       raise ValueError(
@@ -129,6 +151,9 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   Returns the `metrics.finalize` result.
   """
   batch_size = batch_size or config.eval_batch_size
+  if not (num_batches == -1 or num_batches >= 1):
+    raise ValueError(f'num_eval_batches must be a positive integer, or -1 for '
+                     f'the whole test set; got {num_batches!r}.')
   num_devices = jax.local_device_count()
   if batch_size % num_devices:
     raise ValueError(f'Batch size {batch_size} is not divisible by the '
@@ -137,7 +162,7 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   replicated = distributed.replicate(params)
   result, _ = evaluate(eval_step, replicated,
                        data.create_test_iterator(config, batch_size),
-                       num_batches)
+                       num_batches, num_sequences=data.test_set_size(config))
   return result
 
 
@@ -146,6 +171,9 @@ def _overridable_fields():
   overridable = ml_collections.ConfigDict()
   overridable.eval_batch_size = 16
   overridable.num_eval_batches = -1
+  overridable.model = ml_collections.ConfigDict()
+  for name in checkpoints.IMPLEMENTATION_FIELDS:  # how, not what, it computes
+    overridable.model[name] = 'auto'
   overridable.data = ml_collections.ConfigDict()
   overridable.data.test_set = 'generated'
   overridable.data.data_dir = ''
@@ -155,6 +183,19 @@ def _overridable_fields():
   overridable.data.test_total_length = ml_collections.config_dict.placeholder(
       int)
   return overridable
+
+
+def _check_overrides(argv, overridable):
+  """Raises InputError for a --config.X the export's config may not take."""
+  allowed = sorted(checkpoints.flatten(overridable.to_dict()))
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      name = arg[len('--config.'):].split('=')[0]
+      if name not in allowed:
+        raise errors.InputError(
+            f'--config.{name} cannot be overridden: the export fixes the '
+            'model and the frames its parameters belong to', None,
+            'evaluate accepts ' + ', '.join(f'--config.{n}' for n in allowed))
 
 
 def main(argv):
@@ -192,6 +233,7 @@ def define_flags():
   flags.DEFINE_enum('baseline', None, BASELINES,
                     'Evaluate a naive predictor on the export\'s test set '
                     'instead of the model.')
+  _check_overrides(sys.argv, _overridable_fields())
   config_flags.DEFINE_config_dict(
       'config', _overridable_fields(),
       "Overrides of the export's config, e.g. --config.data.test_set="
@@ -200,5 +242,4 @@ def define_flags():
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -26,19 +26,24 @@ import numpy as np
 from flax import serialization
 
 from stau_jax import checkpoints
+from stau_jax import cli
+from stau_jax import errors
 from stau_jax import models
 
 FORMAT = 'stau_jax.export'
 VERSION = 1
 
 
-class ExportError(ValueError):
-  """An export file that is missing, corrupt or does not fit its config."""
+ExportError = errors.ExportError
 
 
 def save_export(path, params, config):
-  """Writes `params` and `config` to `path` atomically."""
+  """Writes `params` and `config` to `path` atomically.
+
+  Raises ExportError (nothing is written) if a parameter is not finite.
+  """
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+  check_finite(params, source=path)
   params_bytes = serialization.msgpack_serialize(
       serialization.to_state_dict(params))
   payload = serialization.msgpack_serialize({
@@ -78,25 +83,50 @@ def load_export(path):
     raise ExportError(f'{path!r} has export format version '
                       f'{contents.get("version")}; this stau_jax reads '
                       f'version {VERSION}.')
+  missing = [key for key in ('config', 'params_sha256', 'params')
+             if key not in contents]
+  if missing:
+    raise ExportError(f'The export file has no {", ".join(missing)}', path,
+                      'export the run again')
   params_bytes = contents['params']
-  if hashlib.sha256(params_bytes).hexdigest() != contents['params_sha256']:
+  if (not isinstance(params_bytes, bytes) or
+      hashlib.sha256(params_bytes).hexdigest() != contents['params_sha256']):
     raise ExportError(f'{path!r} is corrupt: its parameter checksum does not '
                       f'match.')
-  config = ml_collections.ConfigDict(json.loads(contents['config']))
-  params = serialization.msgpack_restore(params_bytes)
+  try:
+    config = ml_collections.ConfigDict(json.loads(contents['config']))
+    params = serialization.msgpack_restore(params_bytes)
+  except Exception as e:  # json and msgpack raise several unrelated types.
+    raise ExportError(f'Unreadable config or parameters: {e}', path,
+                      'export the run again') from e
   check_params(params, config, source=path)
+  check_finite(params, source=path)
   return params, config
+
+
+def check_finite(params, source='parameters'):
+  """Raises ExportError if a parameter holds NaN or inf."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not np.all(np.isfinite(leaf)):
+      raise ExportError(
+          f'Parameter {jax.tree_util.keystr(path)} holds NaN or inf', source,
+          'the model diverged; use parameters from an earlier checkpoint')
 
 
 def check_params(params, config, source='parameters'):
   """Raises ExportError unless `params` has exactly the tree and shapes `config`'s model needs."""
   try:
     expected = models.param_shapes(config)
-  except ValueError as e:
-    raise ExportError(f'{source}: invalid config: {e}') from e
-  expected = {'/'.join(str(k.key) for k in path): leaf.shape for path, leaf
+  except (ValueError, KeyError, AttributeError, TypeError) as e:
+    raise ExportError(f'Invalid config: {type(e).__name__}: {e}', source,
+                      'the config must describe the model and its frames '
+                      '(model and data sections)') from e
+  if not isinstance(params, dict):
+    raise ExportError('The parameters are not a tree of arrays', source,
+                      'export the run again')
+  expected = {jax.tree_util.keystr(path): leaf.shape for path, leaf
               in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  actual = {'/'.join(str(k.key) for k in path): np.shape(leaf) for path, leaf
+  actual = {jax.tree_util.keystr(path): np.shape(leaf) for path, leaf
             in jax.tree_util.tree_flatten_with_path(params)[0]}
   for name in sorted(expected.keys() | actual.keys()):
     if expected.get(name) != actual.get(name):
@@ -125,4 +155,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('step', -1, 'Checkpoint step; -1 for the latest.')
   flags.DEFINE_string('output', None, 'Export file to write.')
   flags.mark_flags_as_required(['workdir', 'output'])
-  app.run(main)
+  cli.run(main)

@@ -14,6 +14,15 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+# Training and evaluation log a progress line at least this often.
+PROGRESS_EVERY_SECS = 30
+
+
+def format_duration(seconds):
+  """H:MM:SS of a number of seconds."""
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
 
 class SummaryWriter:
   """Appends events to a new `events.out.tfevents.*` file in `logdir`."""

@@ -7,6 +7,7 @@ checkpoint in `workdir`.
 
 Workdir layout:
   config.json            the config of the run (checked on resume)
+  lock                   host and pid of the process training here
   checkpoints/<step>/    orbax checkpoints, the last config.keep_checkpoints
   train_losses.jsonl     one line per step: step, loss, learning_rate, eta
   eval/step_<N>.json     per-frame and mean test metrics (+ step_<N>.txt table)
@@ -14,6 +15,7 @@ Workdir layout:
   samples/step_<N>_<i>.gif
   events.out.tfevents.*  TensorBoard: train/*, eval/*, samples
 """
+import contextlib
 import functools
 import json
 import os
@@ -40,6 +42,7 @@ from stau_jax import visualize
 
 LOSSES_FILE = 'train_losses.jsonl'
 NUM_SAMPLES = 4  # test sequences drawn as PNG strips and GIFs per evaluation
+FIRST_STEPS_LOGGED = 2  # progress lines also for a run's first steps
 
 
 @flax.struct.dataclass
@@ -106,17 +109,8 @@ def train_step(state, frames, *, model, optimizer, config):
     unit's auxiliary loss, if any) is the mean over the global batch;
     gradients are averaged over all devices.
   """
-  device_batch = frames.shape[0]
-  mask = sampling.sampling_mask(config, state.rng, state.step,
-                                config.batch_size)
-  mask = jax.lax.dynamic_slice_in_dim(
-      mask, jax.lax.axis_index('batch') * device_batch, device_batch)
-
-  def loss_fn(params):
-    predictions, auxiliary_loss = models.predict_with_auxiliary_loss(
-        model, params, frames, mask)
-    return jnp.mean(jnp.square(predictions - frames[:, 1:])) + auxiliary_loss
-
+  loss_fn = functools.partial(_loss, state=state, frames=frames, model=model,
+                              config=config)
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   grads = jax.lax.pmean(grads, 'batch')
   loss = jax.lax.pmean(loss, 'batch')
@@ -131,6 +125,39 @@ def train_step(state, frames, *, model, optimizer, config):
                        opt_state=opt_state), step_metrics
 
 
+def _loss(params, *, state, frames, model, config):
+  """This device's loss of `params` on `frames` with state.step's sampling
+  mask: the MSE plus the unit's auxiliary loss, if any (PredRNN-v2)."""
+  device_batch = frames.shape[0]
+  mask = sampling.sampling_mask(config, state.rng, state.step,
+                                config.batch_size)
+  mask = jax.lax.dynamic_slice_in_dim(
+      mask, jax.lax.axis_index('batch') * device_batch, device_batch)
+  predictions, auxiliary_loss = models.predict_with_auxiliary_loss(
+      model, params, frames, mask)
+  return jnp.mean(jnp.square(predictions - frames[:, 1:])) + auxiliary_loss
+
+
+def check_step(state, frames, *, model, config):
+  """Whether `state` can be saved (inside pmap): its loss on `frames`.
+
+  The loss a train step reports was computed with the parameters before its
+  update; this one is computed with the parameters after it, so a checkpoint
+  is only written when the state it holds gives a finite loss.
+
+  Returns:
+    {'loss': the global-batch loss of state.params, 'finite': whether every
+    parameter and optimizer array is finite}.
+  """
+  loss = _loss(state.params, state=state, frames=frames, model=model,
+               config=config)
+  finite = jnp.all(jnp.stack([
+      jnp.all(jnp.isfinite(x))
+      for x in jax.tree_util.tree_leaves((state.params, state.opt_state))
+      if jnp.issubdtype(x.dtype, jnp.inexact)]))
+  return {'loss': jax.lax.pmean(loss, 'batch'), 'finite': finite}
+
+
 def make_train_step(model, optimizer, config):
   """`train_step` jit-compiled and pmapped over devices (axis 'batch')."""
   return jax.pmap(
@@ -139,16 +166,27 @@ def make_train_step(model, optimizer, config):
       axis_name='batch', donate_argnums=(0,))
 
 
+def make_check_step(model, config):
+  """`check_step` pmapped over devices (axis 'batch')."""
+  return jax.pmap(functools.partial(check_step, model=model, config=config),
+                  axis_name='batch')
+
+
 def validate_config(config, num_devices, process_count):
   """Raises ValueError naming the first bad setting, before any work starts."""
-  models.validate_model_config(config)
   data.validate_data_config(config, num_devices, process_count)
+  models.validate_model_config(config)
   sampling.validate_sampling_config(config)
   for name in ('num_train_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'log_every_steps', 'lr_decay_every_steps', 'keep_checkpoints'):
     if not isinstance(config[name], int) or config[name] < 1:
       raise ValueError(f'config.{name} must be a positive integer; got '
                        f'{config[name]!r}.')
+  if not isinstance(config.num_eval_batches, int) or not (
+      config.num_eval_batches == -1 or config.num_eval_batches >= 1):
+    raise ValueError(f'config.num_eval_batches must be a positive integer, or '
+                     f'-1 for the whole test set; got '
+                     f'{config.num_eval_batches!r}.')
   if config.learning_rate <= 0 or not 0 < config.lr_decay_rate <= 1:
     raise ValueError(f'Need config.learning_rate > 0 and 0 < '
                      f'config.lr_decay_rate <= 1; got {config.learning_rate} '
@@ -156,12 +194,35 @@ def validate_config(config, num_devices, process_count):
 
 
 def read_losses(workdir):
-  """The per-step records of WORKDIR/train_losses.jsonl, in order."""
+  """The per-step records of WORKDIR/train_losses.jsonl, in order.
+
+  A torn last line (power loss, full disk) is dropped with a warning; any
+  other unreadable line is a CheckpointError naming the file and line.
+  """
   path = os.path.join(workdir, LOSSES_FILE)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  with open(path, 'rb') as f:
+    text = f.read().decode('utf-8', errors='replace')
+  lines = text.split('\n')
+  records = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if isinstance(record, dict) and isinstance(record.get('step'), int):
+      records.append(record)
+    elif number == len(lines):  # no newline after it: an interrupted write
+      logging.warning('Dropping the incomplete last line of %s (the run that '
+                      'wrote it was interrupted): %r', path, line[:80])
+    else:
+      raise checkpoints.CheckpointError(
+          f'Line {number} is not a loss record: {line[:80]!r}', path,
+          'delete that line, or the file to lose the loss history')
+  return records
 
 
 def _truncate_losses(workdir, step):
@@ -171,11 +232,6 @@ def _truncate_losses(workdir, step):
   with open(path + '.tmp', 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in records)
   os.replace(path + '.tmp', path)
-
-
-def _format_duration(seconds):
-  seconds = int(seconds)
-  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
 def _write_evaluation(workdir, writer, config, step, result, samples):
@@ -207,6 +263,9 @@ def _write_evaluation(workdir, writer, config, step, result, samples):
 def train_and_evaluate(config, workdir):
   """Trains and periodically evaluates; resumes from workdir's last checkpoint.
 
+  The config is validated first; then process 0 holds the workdir's lock
+  (`checkpoints.workdir_lock`) for the whole run.
+
   Args:
     config: experiment config (see configs/mmnist.py).
     workdir: run directory (see the module docstring for its layout).
@@ -217,13 +276,31 @@ def train_and_evaluate(config, workdir):
   Raises:
     checkpoints.CheckpointError: the workdir holds a run that cannot be
       resumed with this config (nothing is overwritten).
+    checkpoints.WorkdirBusyError: another process trains in the workdir.
     FloatingPointError: the loss became NaN or inf (the last good checkpoint
       is kept).
   """
+  validate_config(config, jax.local_device_count(), jax.process_count())
+  lock = (checkpoints.workdir_lock(workdir) if jax.process_index() == 0 else
+          contextlib.nullcontext())
+  with lock:
+    return _train_and_evaluate(config, workdir)
+
+
+def _diverged(what, workdir, last_good_step):
+  """The FloatingPointError of a run whose loss or parameters became NaN."""
+  kept = (f'the last good checkpoint (step {last_good_step}) is kept in '
+          f'{workdir}' if last_good_step is not None else
+          f'no checkpoint had been written to {workdir}')
+  return FloatingPointError(f'{what}; {kept}. Lower config.learning_rate or '
+                            f'check the data.')
+
+
+def _train_and_evaluate(config, workdir):
+  """`train_and_evaluate` after validation, holding the lock."""
   num_devices = jax.local_device_count()
   process_index, process_count = jax.process_index(), jax.process_count()
   is_chief = process_index == 0
-  validate_config(config, num_devices, process_count)
   logging.info('Training on %d devices (%d local) in %d process(es); '
                'workdir %s.', jax.device_count(), num_devices, process_count,
                workdir)
@@ -238,6 +315,10 @@ def train_and_evaluate(config, workdir):
   if is_chief:
     if initial_step:
       logging.info('Resuming from the checkpoint of step %d.', initial_step)
+      for name, started, current in checkpoints.changed_fields(
+          checkpoints.read_config(workdir), config):
+        logging.info('Resuming with config.%s = %s (the run started with '
+                     '%s).', name, current, started)
     else:
       checkpoints.write_config(workdir, config)
     _truncate_losses(workdir, initial_step)
@@ -250,14 +331,17 @@ def train_and_evaluate(config, workdir):
       config, num_devices=num_devices, start_step=initial_step,
       process_index=process_index, process_count=process_count)
   p_train_step = make_train_step(model, optimizer, config)
+  p_check_step = make_check_step(model, config)
   eval_step = evaluate.make_eval_step(models.create_model(config), config)
   state = distributed.replicate(state)
 
   pending = []  # (step, device metrics) not yet fetched to the host
   last_good_step = manager.latest_step()
   timer_step, timer_start = initial_step, time.time()
+  last_progress = timer_start
   for step in range(initial_step + 1, config.num_train_steps + 1):
-    state, step_metrics = p_train_step(state, next(train_iter))
+    frames = next(train_iter)
+    state, step_metrics = p_train_step(state, frames)
     pending.append((step, step_metrics))
     if step == initial_step + 1:
       jax.block_until_ready(step_metrics)
@@ -265,7 +349,9 @@ def train_and_evaluate(config, workdir):
                    time.time() - timer_start)
       timer_step, timer_start = step, time.time()
     is_last = step == config.num_train_steps
-    log_now = step % config.log_every_steps == 0 or is_last
+    log_now = (step % config.log_every_steps == 0 or is_last or
+               step <= initial_step + FIRST_STEPS_LOGGED or
+               time.time() - last_progress >= summaries.PROGRESS_EVERY_SECS)
     eval_now = step % config.eval_every_steps == 0 or is_last
     checkpoint_now = step % config.checkpoint_every_steps == 0 or is_last
     if not (log_now or eval_now or checkpoint_now):
@@ -277,19 +363,24 @@ def train_and_evaluate(config, workdir):
     for record in records:
       if not np.isfinite(record['loss']):
         manager.wait_until_finished()
-        kept = (f'the last good checkpoint (step {last_good_step}) is kept in '
-                f'{workdir}' if last_good_step is not None else
-                f'no checkpoint had been written to {workdir}')
-        raise FloatingPointError(
-            f'Loss is {record["loss"]} at step {record["step"]}; {kept}. Lower '
-            f'config.learning_rate or check the data.')
+        raise _diverged(f'Loss is {record["loss"]} at step {record["step"]}',
+                        workdir, last_good_step)
+    if eval_now or checkpoint_now:
+      check = jax.device_get(p_check_step(state, frames))
+      if not (check['finite'][0] and np.isfinite(check['loss'][0])):
+        manager.wait_until_finished()
+        what = ('NaN or inf' if not check['finite'][0] else
+                f'a loss of {check["loss"][0]}')
+        raise _diverged(f'The parameters after step {step} give {what}',
+                        workdir, last_good_step)
     if is_chief:
       with open(os.path.join(workdir, LOSSES_FILE), 'a') as f:
         f.writelines(json.dumps(r) + '\n' for r in records)
     if log_now:
+      last_progress = time.time()
       steps_per_sec = ((step - timer_step) / (time.time() - timer_start)
                        if step > timer_step else float('nan'))
-      remaining = (_format_duration((config.num_train_steps - step) /
+      remaining = (summaries.format_duration((config.num_train_steps - step) /
                                     steps_per_sec)
                    if steps_per_sec > 0 else '?')
       loss = np.mean([r['loss'] for r in records])
@@ -306,7 +397,8 @@ def train_and_evaluate(config, workdir):
     if eval_now:
       result, samples = evaluate.evaluate(
           eval_step, state.params, data.create_test_iterator(config),
-          config.num_eval_batches, NUM_SAMPLES)
+          config.num_eval_batches, NUM_SAMPLES,
+          data.test_set_size(config))
       if is_chief:
         _write_evaluation(workdir, writer, config, step, result, samples)
     if checkpoint_now:

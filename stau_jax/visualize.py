@@ -25,6 +25,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from stau_jax import cli
 from stau_jax import export
 from stau_jax import models
 from stau_jax import predict
@@ -441,7 +442,8 @@ def define_flags():
                       'uint8 or float in [0, 1], T >= total_length.')
   flags.DEFINE_string('output', None, 'Directory for the pictures.')
   flags.DEFINE_multi_integer('index', [0], 'Sequences to draw (repeatable).')
-  flags.DEFINE_integer('scale', 0, 'Frame upscaling; 0: frames >= 64 pixels.')
+  flags.DEFINE_integer('scale', 0, 'Frame upscaling; 0: frames >= 64 pixels.',
+                       lower_bound=0)
   flags.mark_flags_as_required(['export', 'input', 'output'])
 
 
@@ -449,7 +451,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   params, config = export.load_export(FLAGS.export)
-  clips = np.load(FLAGS.input, mmap_mode='r')
+  clips = predict.load_frames(FLAGS.input)
   for index in FLAGS.index:
     if not 0 <= index < len(clips):
       raise app.UsageError(f'--index={index} is outside the {len(clips)} '
@@ -471,5 +473,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

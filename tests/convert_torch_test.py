@@ -95,6 +95,14 @@ def test_keys_of_a_deeper_model_are_an_error(stau_vector):
     convert_torch.convert_state_dict(state_dict, config)
 
 
+def test_non_finite_weights_are_refused(stau_vector):
+  config, state_dict, *_ = stau_vector
+  state_dict['srcnn.0.bias'] = np.full_like(state_dict['srcnn.0.bias'], np.nan)
+  with pytest.raises(ValueError,
+                     match=r"key 'srcnn.0.bias' holds NaN or inf"):
+    convert_torch.convert_state_dict(state_dict, config)
+
+
 def test_unused_reference_layers_and_data_parallel_prefix_are_accepted(
     stau_vector):
   config, state_dict, *_ = stau_vector

@@ -6,7 +6,8 @@ import pytest
 from stau_jax import distributed
 
 _VARIABLES = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
-              'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'STAU_DISTRIBUTED')
+              'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'STAU_DISTRIBUTED',
+              'STAU_INIT_TIMEOUT')
 
 
 @pytest.fixture
@@ -17,6 +18,8 @@ def initialize_calls(monkeypatch):
   calls = []
   monkeypatch.setattr(jax.distributed, 'initialize',
                       lambda **kwargs: calls.append(kwargs))
+  monkeypatch.setattr(distributed, 'rendezvous',
+                      lambda *args: calls.append(('rendezvous',) + args))
   return calls
 
 
@@ -31,9 +34,12 @@ def test_coordinator_variables_are_passed_as_integers(initialize_calls,
   monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', 'host0:1234')
   monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
   monkeypatch.setenv('JAX_PROCESS_ID', '1')
+  monkeypatch.setenv('STAU_INIT_TIMEOUT', '20')
   assert distributed.initialize_from_environment()
-  assert initialize_calls == [dict(coordinator_address='host0:1234',
-                                   num_processes=2, process_id=1)]
+  assert initialize_calls == [
+      ('rendezvous', 'host0:1234', 2, 1, 20),
+      dict(coordinator_address='host0:1234', num_processes=2, process_id=1,
+           initialization_timeout=20)]
 
 
 @pytest.mark.parametrize('name, value', [
@@ -44,7 +50,8 @@ def test_clusters_let_jax_detect_everything(initialize_calls, monkeypatch,
   monkeypatch.setenv(name, value)
   assert distributed.initialize_from_environment()
   assert initialize_calls == [dict(coordinator_address=None,
-                                   num_processes=None, process_id=None)]
+                                   num_processes=None, process_id=None,
+                                   initialization_timeout=300)]
 
 
 def test_a_non_integer_variable_is_a_clear_error(initialize_calls,

@@ -75,11 +75,19 @@ def tiny_export(tmp_path_factory):
   return path
 
 
+def test_zero_batches_is_refused_up_front():
+  config = runs.tiny_config()
+  with pytest.raises(ValueError, match='num_eval_batches must be a positive'):
+    evaluate.evaluate_params(export_test.random_params(config), config,
+                             num_batches=0)
+
+
 def test_cli_prints_the_table_and_writes_json(tiny_export, tmp_path):
   output = str(tmp_path / 'metrics.json')
   result = runs.python('-m', 'stau_jax.evaluate', f'--export={tiny_export}',
                        '--config.num_eval_batches=1',
-                       '--config.eval_batch_size=4', f'--output={output}')
+                       '--config.eval_batch_size=4', f'--output={output}',
+                       '--config.model.conv_impl=xla')  # how, not what
   assert 'mean' in result.stdout and 'ssim_dr1' in result.stdout
   with open(output) as f:
     written = json.load(f)

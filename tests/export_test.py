@@ -1,4 +1,6 @@
 """Tests of export files: round trip, corrupt and incompatible files, the CLI."""
+import hashlib
+import json
 import os
 
 import jax
@@ -74,6 +76,49 @@ def test_other_version_and_mismatched_params_are_errors(tmp_path):
     export.load_export(path)
 
 
+def _rewrite(path, **changes):
+  """Rewrites the export file at `path` with some keys changed (None: removed)."""
+  contents = serialization.msgpack_restore(open(path, 'rb').read())
+  contents.update(changes)
+  contents = {k: v for k, v in contents.items() if v is not None}
+  if 'params' in changes and changes['params'] is not None:
+    contents['params_sha256'] = hashlib.sha256(changes['params']).hexdigest()
+  open(path, 'wb').write(serialization.msgpack_serialize(contents))
+
+
+def test_missing_params_and_data_less_config_are_export_errors(tmp_path):
+  config = runs.tiny_config()
+  path = str(tmp_path / 'model.export')
+  export.save_export(path, random_params(config), config)
+  _rewrite(path, params=None)
+  with pytest.raises(export.ExportError,
+                     match=r'has no params \(.*model.export\)'):
+    export.load_export(path)
+  export.save_export(path, random_params(config), config)
+  data_less = json.loads(config.to_json())
+  del data_less['data']
+  _rewrite(path, config=json.dumps(data_less))
+  with pytest.raises(export.ExportError, match=r'Invalid config.*model.export'):
+    export.load_export(path)
+
+
+def test_non_finite_parameters_are_refused_on_save_and_load(tmp_path):
+  config = runs.tiny_config()
+  params = random_params(config)
+  params['unroll']['decoder']['readout']['bias'] = np.full_like(
+      params['unroll']['decoder']['readout']['bias'], np.nan)
+  path = str(tmp_path / 'model.export')
+  with pytest.raises(export.ExportError, match=r"\['readout'\]\['bias'\] "
+                     'holds NaN or inf'):
+    export.save_export(path, params, config)
+  assert not os.path.exists(path)
+  export.save_export(path, random_params(config), config)
+  _rewrite(path, params=serialization.msgpack_serialize(params))
+  with pytest.raises(export.ExportError, match=r'holds NaN or inf \(.*'
+                     r'model.export\)'):
+    export.load_export(path)
+
+
 @pytest.fixture(scope='module')
 def trained_workdir(tmp_path_factory):
   """A 4-step tiny run with checkpoints at steps 2 and 4."""
@@ -113,5 +158,9 @@ def test_export_cli_errors(trained_workdir, tmp_path):
   result = runs.python('-m', 'stau_jax.export',
                        f'--workdir={tmp_path / "nothing"}',
                        f'--output={output}', check=False)
-  assert result.returncode != 0 and 'config.json' in result.stderr
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f'error: Cannot read the run config {tmp_path / "nothing"}/config.json: '
+      "[Errno 2] No such file or directory: "
+      f"'{tmp_path / 'nothing'}/config.json'"]
   assert not os.path.exists(output)

@@ -58,7 +58,8 @@ def test_multihost_script_as_two_local_processes(tmp_path):
     assert 'Training on 2 devices (1 local) in 2 process(es)' in stderr
     logs.append(stderr)
   assert _losses(logs[0]) == _losses(logs[1])
-  assert [s for s, _ in _losses(logs[0])] == ['2', '4']
+  # A progress line for the first step, then every log_every_steps.
+  assert [s for s, _ in _losses(logs[0])] == ['1', '2', '4']
   assert [r['step'] for r in train.read_losses(workdir)] == [1, 2, 3, 4]
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['4']
 

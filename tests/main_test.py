@@ -12,7 +12,8 @@ def test_default_workdir_progress_and_resume(tmp_path):
   result = runs.python(*args, cwd=str(tmp_path))
   workdir = tmp_path / 'runs' / 'tiny'
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
-  assert 'step 2/4 | loss' in result.stderr
+  assert 'step 1/4 | loss' in result.stderr  # the first steps, then ...
+  assert 'step 2/4 | loss' in result.stderr  # every log_every_steps
   assert 'steps/s | ETA' in result.stderr
   assert 'Evaluation at step 4' in result.stderr
   assert 'orbax' not in result.stderr  # per-save INFO lines are filtered

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import jax
 import numpy as np
@@ -76,13 +77,53 @@ def test_bad_input_is_a_clear_error(tiny_export, frames, message):
     predict.predict(params, config, frames)
 
 
-def test_cli_writes_predictions(tiny_export, tmp_path):
+@pytest.mark.parametrize('batch_size', [0, -1])
+def test_non_positive_batch_size_is_an_error(tiny_export, batch_size):
+  _, params, config = tiny_export
+  with pytest.raises(ValueError, match='batch_size must be a positive'):
+    predict.predict(params, config, _clips(2, config), batch_size=batch_size)
+
+
+def test_memory_mapped_input_is_converted_batch_by_batch(tiny_export,
+                                                         tmp_path):
+  _, params, config = tiny_export
+  clips = (_clips(256, config) * 255).astype(np.uint8)
+  np.save(tmp_path / 'in.npy', clips)
+  frames = np.load(tmp_path / 'in.npy', mmap_mode='r')
+  batches = predict.predict_batches(params, config, frames, batch_size=4)
+  first = next(batches)  # compiled; now measure the rest
+  tracemalloc.start()
+  rest = [len(batch) for batch in batches]
+  peak = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  assert len(first) + sum(rest) == 256
+  float_input = clips[:, :config.data.input_length].size * 4  # 1 MB
+  assert peak < float_input / 4, peak
+
+
+def test_cli_writes_exactly_the_output_path(tiny_export, tmp_path):
   path, params, config = tiny_export
   clips = (_clips(3, config) * 255).astype(np.uint8)
   np.save(tmp_path / 'in.npy', clips)
+  output = tmp_path / 'future.out'  # np.save would have written .out.npy
   subprocess.run(
       [sys.executable, '-m', 'stau_jax.predict', f'--export={path}',
-       f'--input={tmp_path / "in.npy"}', f'--output={tmp_path / "out.npy"}',
+       f'--input={tmp_path / "in.npy"}', f'--output={output}',
        '--batch_size=2'], check=True, cwd=ROOT, capture_output=True)
-  np.testing.assert_allclose(np.load(tmp_path / 'out.npy'),
+  assert sorted(os.listdir(tmp_path)) == ['future.out', 'in.npy']
+  np.testing.assert_allclose(np.load(output),
                              predict.predict(params, config, clips), atol=1e-5)
+
+
+def test_cli_checks_the_output_path_before_predicting(tiny_export, tmp_path):
+  path, _, config = tiny_export
+  np.save(tmp_path / 'in.npy', _clips(3, config))
+  output = tmp_path / 'missing_dir' / 'out.npy'
+  result = subprocess.run(
+      [sys.executable, '-m', 'stau_jax.predict', f'--export={path}',
+       f'--input={tmp_path / "in.npy"}', f'--output={output}'], cwd=ROOT,
+      capture_output=True, text=True)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: No such file or directory (')
+  assert 'missing_dir' in result.stderr and 'Traceback' not in result.stderr

@@ -1,6 +1,7 @@
 """Tests of the training loop on configs/tiny.py: schedule, outputs, resume,
 errors, half precision, several devices, and a SIGKILL in the middle."""
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from stau_jax import data
 from stau_jax import distributed
 from stau_jax import models
 from stau_jax import sampling
+from stau_jax import summaries
 from stau_jax import train
 from tests import runs
 
@@ -302,3 +304,91 @@ def test_sigkill_and_restart_give_the_same_losses(tmp_path):
   assert [r['step'] for r in restarted] == list(range(1, steps + 1))
   np.testing.assert_allclose([r['loss'] for r in restarted],
                              [r['loss'] for r in expected], rtol=1e-6)
+
+
+def test_second_run_on_a_busy_workdir_is_refused_before_any_write(tmp_path):
+  workdir = str(tmp_path / 'run')
+  with checkpoints.workdir_lock(workdir):
+    before = _listing(workdir)
+    with pytest.raises(checkpoints.WorkdirBusyError, match='already training'):
+      train.train_and_evaluate(_config(), workdir)
+    assert _listing(workdir) == before
+
+
+def test_update_that_breaks_the_parameters_is_never_checkpointed(tmp_path):
+  # The loss of step 1 is computed before its update and is finite, but a
+  # learning rate of 1e6 leaves parameters whose loss is NaN: no checkpoint
+  # may hold them, and a 1-step run must not end with them.
+  workdir = str(tmp_path)
+  config = _config(learning_rate=1e6, num_train_steps=1,
+                   checkpoint_every_steps=1)
+  with pytest.raises(FloatingPointError,
+                     match='parameters after step 1 give .*nan; no checkpoint '
+                     'had been written'):
+    train.train_and_evaluate(config, workdir)
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == []
+  assert not os.path.exists(os.path.join(workdir, 'eval'))
+
+
+def test_torn_last_loss_line_is_dropped_on_resume(tiny_run, tmp_path, caplog):
+  workdir = _copy(tiny_run, tmp_path)
+  with open(os.path.join(workdir, train.LOSSES_FILE), 'a') as f:
+    f.write('{"step": 13, "loss": 0.0')  # power loss mid-write
+  state = train.train_and_evaluate(_config(), workdir)
+  assert int(state.step) == STEPS
+  assert 'Dropping the incomplete last line' in caplog.text
+  assert train.read_losses(workdir) == train.read_losses(tiny_run[1])
+
+
+def test_garbled_loss_line_is_an_error_naming_file_and_line(tmp_path):
+  path = tmp_path / train.LOSSES_FILE
+  path.write_text('{"step": 1, "loss": 0.5}\nxx\n{"step": 2, "loss": 0.4}\n')
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"Line 2 is not a loss record: 'xx' \(.*"
+                     r'train_losses.jsonl\)'):
+    train.read_losses(str(tmp_path))
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('num_eval_batches', 0, 'num_eval_batches must be a positive integer, '
+     'or -1'),
+    ('data.num_test_sequences', 0, 'num_test_sequences=0 must be positive'),
+    ('data.image_size', (16,), r'image_size=\(16,\) must be \(height, '
+     r'width\)'),  # what --config.data.image_size=16 gives
+])
+def test_every_field_is_validated_before_step_one(tmp_path, field, value,
+                                                  message):
+  config = _config()
+  parent, name = (config.data, field[5:]) if field.startswith('data.') else (
+      config, field)
+  with config.unlocked():
+    parent[name] = value
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_resume_logs_changed_training_fields(tiny_run, tmp_path, caplog):
+  workdir = _copy(tiny_run, tmp_path)
+  caplog.set_level(logging.INFO)
+  train.train_and_evaluate(_config(seed=7, batch_size=2), workdir)
+  assert 'Resuming with config.batch_size = 2 (the run started with 4)' in (
+      caplog.text)
+  assert 'Resuming with config.seed = 7 (the run started with 0)' in (
+      caplog.text)
+
+
+def test_progress_every_interval_with_eta_in_training_and_evaluation(
+    tmp_path, caplog, monkeypatch):
+  caplog.set_level(logging.INFO)
+  monkeypatch.setattr(summaries, 'PROGRESS_EVERY_SECS', 0)
+  config = _config(num_train_steps=4, log_every_steps=100,
+                   checkpoint_every_steps=100, num_eval_batches=-1)
+  config.data.num_test_sequences = 24  # 3 batches of 8
+  train.train_and_evaluate(config, str(tmp_path))
+  for step in range(1, 5):
+    assert f'step {step}/4 | loss' in caplog.text
+  assert 'steps/s | ETA 0:00:00' in caplog.text
+  for index in (1, 2):
+    assert f'Evaluating: {index}/3 batches of 8' in caplog.text
+  assert 'batches/s | ETA 0:00:0' in caplog.text

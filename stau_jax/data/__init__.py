@@ -49,10 +49,13 @@ def validate_data_config(config, num_devices=None, process_count=1):
   if data.dataset not in DATASETS:
     raise ValueError(f'config.data.dataset={data.dataset!r} is not one of '
                      f'{DATASETS}')
-  image_size = tuple(data.image_size)
-  if len(image_size) != 2 or min(image_size) <= 0:
+  image_size = data.image_size
+  if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2 or
+      not all(isinstance(x, int) and x > 0 for x in image_size)):
     raise ValueError(f'config.data.image_size={image_size} must be (height, '
-                     'width) with positive sizes')
+                     'width) with positive sizes, e.g. '
+                     '--config.data.image_size="(64, 64)"')
+  image_size = tuple(image_size)
   shapes.check_frame_size('config.data.image_size', *image_size,
                           config.model.patch_size, config.model.num_downsample)
   if not 0 < data.input_length < data.total_length:
@@ -85,6 +88,11 @@ def _validate_moving_mnist(config):
                      'frames have 1 channel')
   if data.num_digits < 1:
     raise ValueError(f'config.data.num_digits={data.num_digits} must be >= 1')
+  if data.test_set == 'generated' and not (
+      isinstance(data.num_test_sequences, int) and
+      data.num_test_sequences > 0):
+    raise ValueError(f'config.data.num_test_sequences='
+                     f'{data.num_test_sequences} must be positive')
   if data.digits not in DIGIT_SOURCES:
     raise ValueError(f'config.data.digits={data.digits!r} is not one of '
                      f'{DIGIT_SOURCES}')
@@ -98,6 +106,11 @@ def _validate_moving_mnist(config):
     if not os.path.exists(path):
       raise ValueError(f'config.data.test_set: file {path} does not exist')
     moving_mnist.load_official_npy(path)
+  if (data.test_set == 'official' and
+      not mnist_digits.tensorflow_available()):
+    raise ValueError("config.data.test_set='official' reads TFDS "
+                     'moving_mnist, which needs TensorFlow; install it or pass '
+                     'the path of mnist_test_seq.npy')
   if data.test_set != 'generated':
     if tuple(data.image_size) != (64, 64):
       raise ValueError(
@@ -201,6 +214,16 @@ def create_test_iterator(config, batch_size=None, *, patch_size=1):
                                              patch_size),
            'valid': valid}
           for frames, valid in pipeline.padded_batches(chunks, batch_size))
+
+
+def test_set_size(config):
+  """Sequences in config's test set when known without reading it, else None."""
+  data = config.data
+  if data.dataset != 'moving_mnist' or data.test_set == 'official':
+    return None
+  if data.test_set == 'generated':
+    return data.num_test_sequences
+  return moving_mnist.load_official_npy(data.test_set).shape[1]
 
 
 def create_test_arrays(config):

@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from stau_jax import cli
 from stau_jax import data as data_lib
 
 FLAGS = flags.FLAGS
@@ -44,7 +45,10 @@ def define_flags():
   """Defines the CLI flags (only when run as a program, so CLIs can share a process)."""
   config_flags.DEFINE_config_file('config', None, 'Config file.')
   flags.DEFINE_float('seconds', 5.0, 'Seconds to time.')
-  flags.DEFINE_integer('warmup', 3, 'Batches drawn before timing.')
+  flags.register_validator('seconds', lambda seconds: seconds > 0,
+                           message='--seconds must be positive')
+  flags.DEFINE_integer('warmup', 3, 'Batches drawn before timing.',
+                       lower_bound=0)
 
 
 def main(argv):
@@ -59,5 +63,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)
