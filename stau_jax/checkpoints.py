@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from stau_jax import errors
+from stau_jax import models
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -52,7 +53,9 @@ def _field(config, path):
   for name in path.split('.'):
     config = config.get(name)
   if path == 'model':
-    return {k: v for k, v in config.items() if k not in IMPLEMENTATION_FIELDS}
+    # Fields added later take their defaults, so older runs still resume.
+    fields = dict(models.MODEL_DEFAULTS, **config.to_dict())
+    return {k: v for k, v in fields.items() if k not in IMPLEMENTATION_FIELDS}
   return config
 
 

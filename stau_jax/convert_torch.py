@@ -97,7 +97,7 @@ def convert_state_dict(state_dict, config):
   model = models.create_model(config)
   expected = models.param_shapes(config)
   unit = registry.get(config.model.cell)
-  frontend = config.model.get('frontend', 'stau')
+  frontend = models.model_fields(config).frontend
   first_layer, offset = {}, 0
   for group in model.groups:
     first_layer[group.name] = offset

@@ -59,5 +59,5 @@ class ConvLSTMLayer(nn.Module):
 def layer_groups(model, frontend, conv, norm):
   """ConvLSTM's layers for `config.model`."""
   layer = functools.partial(ConvLSTMLayer, model.num_hidden, model.filter_size,
-                            model.get('layer_norm', False), conv, norm)
+                            model.layer_norm, conv, norm)
   return unit.split_bottom(layer, model.num_layers, frontend)

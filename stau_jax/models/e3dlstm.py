@@ -222,7 +222,7 @@ class E3DLSTMLayer(nn.Module):
 def layer_groups(model, frontend, conv, norm):
   """E3D-LSTM's layers for `config.model`: the bottom one windows its inputs."""
   layer = functools.partial(E3DLSTMLayer, model.num_hidden, model.filter_size,
-                            model.get('layer_norm', False), conv, norm)
+                            model.layer_norm, conv, norm)
   return unit.split_bottom(layer, model.num_layers, frontend,
                            bottom=functools.partial(layer, bottom=True))
 

@@ -186,7 +186,7 @@ def torch_key(path, layer):
 
 def layer_groups(model, frontend, conv, norm):
   """MIM's layers for `config.model`: an ST-LSTM, then MIM layers."""
-  args = (model.num_hidden, model.filter_size, model.get('layer_norm', False),
+  args = (model.num_hidden, model.filter_size, model.layer_norm,
           conv, norm)
   return unit.split_bottom(functools.partial(MIMLayer, *args),
                            model.num_layers, frontend,

@@ -229,7 +229,7 @@ def layer_groups(model, frontend, conv, norm):
     raise ValueError(f'motiongru moves num_hidden // 4 channels: it needs '
                      f'config.model.num_hidden >= 4; got {model.num_hidden}.')
   layer = functools.partial(MotionRNNLayer, model.num_hidden,
-                            model.filter_size, model.get('layer_norm', False),
+                            model.filter_size, model.layer_norm,
                             conv, norm)
   groups = (unit.LayerGroup(functools.partial(layer, bottom=True), 1,
                             'cell_0'),)

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from stau_jax import ops
@@ -33,6 +34,11 @@ from stau_jax.models import registry
 from stau_jax.models import unit
 
 
+# config.model fields added after the first export files were written: older
+# configs (and run directories) get these values.
+MODEL_DEFAULTS = {'frontend': 'stau', 'layer_norm': False,
+                  'decouple_beta': 0.1, 'conv_impl': 'auto',
+                  'layer_loop': 'auto', 'remat': 'auto'}
 LAYER_LOOPS = ('auto', 'scan', 'unrolled')
 REMATS = ('auto', 'none', 'cells')
 # Name of every convolution output, for rematerialization policies.
@@ -328,9 +334,16 @@ def check_frame_shape(shape, patch_size, num_downsample, input_length):
                      f'{input_length}: need at least input_length + 1.')
 
 
+def model_fields(config):
+  """A copy of config.model with MODEL_DEFAULTS for the fields it lacks."""
+  model = ml_collections.ConfigDict(MODEL_DEFAULTS)
+  model.update(config.model)
+  return model
+
+
 def validate_model_config(config):
   """Raises ValueError naming the first bad `config.model`/`config.data` value."""
-  model, data = config.model, config.data
+  model, data = model_fields(config), config.data
   registry.get(model.cell)
   for name in ('num_layers', 'num_hidden', 'tau', 'theta', 'patch_size',
                'filter_size'):
@@ -341,7 +354,7 @@ def validate_model_config(config):
   for name, choices in (('conv_impl', ops.CONV_IMPLS),
                         ('layer_loop', LAYER_LOOPS), ('remat', REMATS),
                         ('frontend', frontends.FRONTENDS)):
-    if model.get(name, choices[0]) not in choices:
+    if model[name] not in choices:
       raise ValueError(f'config.model.{name}={model[name]!r} is unknown; '
                        f'choose one of {choices}.')
   if model.filter_size % 2 == 0:
@@ -350,12 +363,12 @@ def validate_model_config(config):
   if not isinstance(model.num_downsample, int) or model.num_downsample < 0:
     raise ValueError(f'config.model.num_downsample must be an integer >= 0; '
                      f'got {model.num_downsample!r}.')
-  if model.get('frontend', 'stau') == 'patch' and model.num_downsample:
+  if model.frontend == 'patch' and model.num_downsample:
     raise ValueError(f"config.model.frontend='patch' feeds patched frames to "
                      f'the bottom layer without downsampling: set '
                      f'config.model.num_downsample=0 (got '
                      f'{model.num_downsample}).')
-  if not isinstance(model.get('layer_norm', False), bool):
+  if not isinstance(model.layer_norm, bool):
     raise ValueError(f'config.model.layer_norm must be True or False; got '
                      f'{model.layer_norm!r}.')
   if not 1 <= data.input_length < data.total_length:
@@ -371,16 +384,16 @@ def validate_model_config(config):
 def create_model(config, dtype=jnp.float32):
   """Builds the `Predictor` that `config` describes, after validating it.
 
-  `config.model.frontend` and `layer_norm` default to 'stau' and False
-  (configs and export files written before they existed).
+  Fields config.model lacks take MODEL_DEFAULTS (configs and export files
+  written before those fields existed).
   """
   validate_model_config(config)
-  model = config.model
-  conv_impl = model.get('conv_impl', 'auto')
+  model = model_fields(config)
+  conv_impl = model.conv_impl
   conv = conv_factory(dtype, conv_impl)
   conv_transpose = functools.partial(frontends.ConvTranspose, dtype=dtype,
                                      conv_impl=conv_impl)
-  frontend = model.get('frontend', 'stau')
+  frontend = model.frontend
   frame_channels = model.patch_size**2 * config.data.channels
   encoder, decoder, in_features = frontends.build(
       model, frontend, frame_channels, conv, conv_transpose)
@@ -392,8 +405,7 @@ def create_model(config, dtype=jnp.float32):
       groups=groups, encoder=encoder, decoder=decoder, in_features=in_features,
       patch_size=model.patch_size, num_downsample=model.num_downsample,
       input_length=config.data.input_length, dtype=dtype,
-      layer_loop=model.get('layer_loop', 'auto'),
-      remat=model.get('remat', 'auto'), auxiliary_loss=auxiliary_loss)
+      layer_loop=model.layer_loop, remat=model.remat, auxiliary_loss=auxiliary_loss)
 
 
 def predict_with_auxiliary_loss(model, params, frames, sampling_mask=None):

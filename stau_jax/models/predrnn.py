@@ -100,5 +100,5 @@ class PredRNNLayer(nn.Module):
 def layer_groups(model, frontend, conv, norm):
   """PredRNN's layers for `config.model`."""
   layer = functools.partial(PredRNNLayer, model.num_hidden, model.filter_size,
-                            model.get('layer_norm', False), conv, norm)
+                            model.layer_norm, conv, norm)
   return unit.split_bottom(layer, model.num_layers, frontend)

@@ -157,7 +157,7 @@ def layer_groups(model, frontend, conv, norm):
                      f'(its gradient highway joins layers 0 and 1); got '
                      f'num_layers={model.num_layers}.')
   layer = functools.partial(PredRNNppLayer, model.num_hidden,
-                            model.filter_size, model.get('layer_norm', False),
+                            model.filter_size, model.layer_norm,
                             conv, norm)
   return unit.split_bottom(layer, model.num_layers, frontend,
                            bottom=functools.partial(layer,
