@@ -28,7 +28,7 @@ def test_evaluate_matches_a_direct_computation():
   expected = metrics.compute_metrics(
       predictions[:, config.data.input_length - 1:],
       frames[:, config.data.input_length:])
-  for name in metrics.METRIC_NAMES:
+  for name in metrics.DEFAULT_METRICS:
     np.testing.assert_allclose(result['per_frame'][name],
                                np.mean(expected[name], axis=0), rtol=1e-4,
                                err_msg=name)

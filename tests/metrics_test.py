@@ -124,7 +124,7 @@ def test_identical_inputs():
   rng = np.random.default_rng(3)
   x, _ = _structured_pair(rng, (2, 3, 16, 24, 3))
   out = metrics.compute_metrics(x, x)
-  assert set(out) == set(metrics.METRIC_NAMES)
+  assert set(out) == set(metrics.DEFAULT_METRICS)
   for value in out.values():
     assert value.shape == (2, 3)
   np.testing.assert_array_equal(out['mse'], 0.0)
@@ -148,7 +148,7 @@ def test_accumulator_excludes_padded_examples():
   assert result['count'] == 3
 
   expected = metrics.compute_metrics(pred[:3], target[:3])
-  for name in metrics.METRIC_NAMES:
+  for name in metrics.DEFAULT_METRICS:
     per_frame = np.asarray(expected[name]).mean(axis=0)
     assert len(result['per_frame'][name]) == 3
     np.testing.assert_allclose(result['per_frame'][name], per_frame,
@@ -183,6 +183,6 @@ def test_format_table_from_finalize():
   table = metrics.format_table(
       metrics.finalize(metrics.batch_sums(pred, target)))
   lines = table.splitlines()
-  assert lines[0].split() == ['frame'] + list(metrics.METRIC_NAMES)
+  assert lines[0].split() == ['frame'] + list(metrics.DEFAULT_METRICS)
   assert [line.split()[0] for line in lines[2:6]] == ['1', '2', '3', '4']
   assert lines[-1].startswith('  mean')
