@@ -116,7 +116,10 @@ def make_eval_step(model, config, baseline=None):
 
   def eval_step(params, frames, valid):
     if baseline:
-      predictions = baseline_predictions(baseline, frames, input_length)
+      # A barrier: XLA would constant-fold every metric of the all-zero
+      # baseline (the networks' weights are constants too), for minutes.
+      predictions = jax.lax.optimization_barrier(
+          baseline_predictions(baseline, frames, input_length))
     else:
       predictions = model.apply({'params': params},
                                 frames)[:, input_length - 1:]
