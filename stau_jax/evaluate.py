@@ -116,8 +116,8 @@ def make_eval_step(model, config, baseline=None):
 
   def eval_step(params, frames, valid):
     if baseline:
-      # A barrier: XLA would constant-fold every metric of the all-zero
-      # baseline (the networks' weights are constants too), for minutes.
+      # A barrier: XLA would constant-fold the metrics of the all-zero
+      # baseline (SSIM's windows, the LPIPS and I3D networks), for minutes.
       predictions = jax.lax.optimization_barrier(
           baseline_predictions(baseline, frames, input_length))
     else:
