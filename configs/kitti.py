@@ -30,4 +30,5 @@ def get_config():
   data.train_sources = 'sources_train.hkl'  # '' for image folders
   data.test_path = 'X_test.hkl'  # Caltech set06-set10
   data.test_sources = 'sources_test.hkl'
+  config.eval_metrics += ',lpips,fvd'  # the paper's Table 4 metrics
   return config

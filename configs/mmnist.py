@@ -69,6 +69,10 @@ def get_config():
   config.r_exp_alpha = 5000
   config.eval_every_steps = 5000
   config.num_eval_batches = -1  # -1: the whole test set
+  # Metrics of each evaluation (stau_jax/metrics.py): mse, mae, psnr, ssim,
+  # ssim_dr1 (cheap), lpips (AlexNet; frames >= 31x31), fvd (I3D over the
+  # whole test set; >= 9 predicted frames, minutes on a GPU, hours on a CPU).
+  config.eval_metrics = 'mse,mae,psnr,ssim,ssim_dr1'
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.log_every_steps = 100

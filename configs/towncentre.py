@@ -31,4 +31,5 @@ def get_config():
   data.num_test_frames = 3500
   config.batch_size = 4
   config.eval_batch_size = 4
+  config.eval_metrics += ',lpips'  # the paper's Table 5 metrics
   return config

@@ -1,15 +1,17 @@
-r"""Evaluation: per-frame metrics of pure prediction on the test set.
+r"""Evaluation: metrics of pure prediction on the test set.
 
   python -m stau_jax.evaluate --export=stau_mmnist.export \
       [--data=mnist_test_seq.npy | --config.data.test_set=official] \
+      [--config.eval_metrics=mse,ssim,lpips,fvd] \
       [--output=metrics.json] [--baseline=zeros|last_frame]
 
-prints the per-frame table (MSE/frame, MAE/frame, PSNR, SSIM with the paper's
-data_range 2.0, SSIM with data_range 1.0) and the averages. The model sees the
-first input_length frames of each test sequence and predicts the rest;
-metrics run on device in JAX (stau_jax/metrics.py), batched and pmapped over
-the local devices. Training calls the same functions. --baseline scores a
-naive predictor (all-zero frames, or the last input frame repeated) on the
+prints the per-frame table of the config's `eval_metrics` (default: MSE/frame,
+MAE/frame, PSNR, SSIM with the paper's data_range 2.0, SSIM with data_range
+1.0; also LPIPS, and FVD over the whole test set) and the averages. The model
+sees the first input_length frames of each test sequence and predicts the
+rest; metrics run on device in JAX (stau_jax/metrics.py), batched and pmapped
+over the local devices. Training calls the same functions. --baseline scores
+a naive predictor (all-zero frames, or the last input frame repeated) on the
 same test set, for comparison.
 """
 import json
@@ -39,6 +41,45 @@ FLAGS = flags.FLAGS
 BASELINES = ('zeros', 'last_frame')
 
 
+def eval_metric_names(config):
+  """The metrics `config.eval_metrics` names (older configs: the default set)."""
+  return metrics.parse_metrics(
+      config.get('eval_metrics', ','.join(metrics.DEFAULT_METRICS)))
+
+
+def validate_eval_config(config):
+  """Raises ValueError, before any work, if the test clips cannot give a metric.
+
+  Traces the chosen metrics on the shape of one test batch (their own checks
+  run: LPIPS frame size, FVD clip length) and checks FVD has >= 2 clips when
+  the evaluated set's size is known from the config.
+  """
+  per_frame, set_level = metrics.split_kinds(eval_metric_names(config))
+  future = (data.eval_total_length(config) - config.data.input_length,)
+  clips = jax.ShapeDtypeStruct(
+      (1,) + future + tuple(config.data.image_size) + (config.data.channels,),
+      jnp.float32)
+  jax.eval_shape(lambda p, t: (metrics.batch_sums(p, t, names=per_frame),
+                               metrics.batch_features(p, t, set_level)),
+                 clips, clips)
+  size = expected_test_size(config, config.eval_batch_size,
+                            config.get('num_eval_batches', -1))
+  for name in set_level:
+    if size is not None and size < metrics.SET_METRICS[name].min_count:
+      raise ValueError(
+          f'{name} needs at least {metrics.SET_METRICS[name].min_count} test '
+          f'clips; this evaluation has {size}. Raise config.num_eval_batches '
+          'or config.eval_batch_size.')
+
+
+def expected_test_size(config, batch_size, num_batches):
+  """Sequences an evaluation will see, when the config tells (else None)."""
+  size = data.test_set_size(config)
+  if num_batches > 0:
+    size = min(size or num_batches * batch_size, num_batches * batch_size)
+  return size
+
+
 def baseline_predictions(baseline, frames, input_length):
   """A naive predictor's future frames, to compare models against.
 
@@ -61,23 +102,34 @@ def baseline_predictions(baseline, frames, input_length):
 
 
 def make_eval_step(model, config, baseline=None):
-  """A pmapped step: (params, frames, valid) -> (metric sums, predictions).
+  """A pmapped step: (params, frames, valid) -> (sums, features, predictions).
 
-  frames is (devices, B, T, H, W, C) and valid (devices, B); the sums
-  (`metrics.batch_sums`, summed over all devices) are replicated, and
-  predictions are (devices, B, T - input_length, H, W, C) clipped to [0, 1].
-  With `baseline` (see `baseline_predictions`) the model is not run.
+  frames is (devices, B, T, H, W, C) and valid (devices, B). The per-frame
+  sums of config.eval_metrics (`metrics.batch_sums`, summed over all devices)
+  are replicated; features is ({name: {'real', 'predicted'}: (all devices, B,
+  D)}, valid (all devices, B)), the set-level metrics' features of every
+  device of every host; predictions are (devices, B, T - input_length, H, W,
+  C) clipped to [0, 1]. With `baseline` (see `baseline_predictions`) the
+  model is not run.
   """
   input_length = config.data.input_length
+  per_frame, set_level = metrics.split_kinds(eval_metric_names(config))
 
   def eval_step(params, frames, valid):
     if baseline:
-      predictions = baseline_predictions(baseline, frames, input_length)
+      # A barrier: XLA would constant-fold the metrics of the all-zero
+      # baseline (SSIM's windows, the LPIPS and I3D networks), for minutes.
+      predictions = jax.lax.optimization_barrier(
+          baseline_predictions(baseline, frames, input_length))
     else:
       predictions = model.apply({'params': params},
                                 frames)[:, input_length - 1:]
-    sums = metrics.batch_sums(predictions, frames[:, input_length:], valid)
-    return jax.lax.psum(sums, 'batch'), jnp.clip(predictions, 0, 1)
+    targets = frames[:, input_length:]
+    sums = metrics.batch_sums(predictions, targets, valid, per_frame)
+    features = metrics.batch_features(predictions, targets, set_level)
+    return (jax.lax.psum(sums, 'batch'),
+            jax.lax.all_gather((features, valid), 'batch'),
+            jnp.clip(predictions, 0, 1))
 
   return jax.pmap(eval_step, axis_name='batch')
 
@@ -94,8 +146,8 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
       and B must be divisible by the number of devices of all hosts.
     num_batches: stop after this many batches; -1 for all.
     num_samples: how many sequences of the first batch to return.
-    num_sequences: the test set's size if known (`data.test_set_size`), for
-      the ETA of the progress lines (one every
+    num_sequences: the sequences it will see if known
+      (`expected_test_size`), for the ETA of the progress lines (one every
       summaries.PROGRESS_EVERY_SECS).
 
   Returns:
@@ -105,7 +157,7 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
   """
   num_devices = jax.local_device_count()
   process_count = jax.process_count()
-  sums, samples = None, None
+  sums, features, samples = None, None, None
   start = last_progress = time.time()
   total = num_batches if num_batches > 0 else None
   for index, batch in enumerate(batches):
@@ -130,8 +182,15 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
                  (jax.process_index() + 1) * host_size)
     frames = frames[rows].reshape((num_devices, -1) + frames.shape[1:])
     valid = valid[rows].reshape(num_devices, -1)
-    batch_sums, predictions = eval_step(params, frames, valid)
+    batch_sums, (batch_features, all_valid), predictions = eval_step(
+        params, frames, valid)
     sums = batch_sums if sums is None else metrics.merge_sums(sums, batch_sums)
+    if batch_features:
+      batch_features = metrics.valid_features(
+          jax.tree_util.tree_map(lambda x: x[0].reshape((-1,) + x.shape[3:]),
+                                 batch_features), all_valid[0].reshape(-1))
+      features = (batch_features if features is None else
+                  metrics.merge_features(features, batch_features))
     if samples is None:
       predictions = np.asarray(predictions).reshape((-1,) +
                                                     predictions.shape[2:])
@@ -141,7 +200,7 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
   if sums is None:
     raise ValueError('The test set is empty.')
   sums = jax.device_get(jax.tree_util.tree_map(lambda x: x[0], sums))
-  return metrics.finalize(sums), samples
+  return metrics.finalize(sums, features), samples
 
 
 def evaluate_params(params, config, batch_size=None, num_batches=-1,
@@ -158,17 +217,20 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   if batch_size % num_devices:
     raise ValueError(f'Batch size {batch_size} is not divisible by the '
                      f'{num_devices} local devices.')
+  validate_eval_config(config)
   eval_step = make_eval_step(models.create_model(config), config, baseline)
   replicated = distributed.replicate(params)
   result, _ = evaluate(eval_step, replicated,
                        data.create_test_iterator(config, batch_size),
-                       num_batches, num_sequences=data.test_set_size(config))
+                       num_batches, num_sequences=expected_test_size(
+                           config, batch_size, num_batches))
   return result
 
 
 def _overridable_fields():
   """Fields that `--config.x=...` may set on top of the export's config."""
   overridable = ml_collections.ConfigDict()
+  overridable.eval_metrics = ','.join(metrics.DEFAULT_METRICS)
   overridable.eval_batch_size = 16
   overridable.num_eval_batches = -1
   overridable.model = ml_collections.ConfigDict()
@@ -237,7 +299,8 @@ def define_flags():
   config_flags.DEFINE_config_dict(
       'config', _overridable_fields(),
       "Overrides of the export's config, e.g. --config.data.test_set="
-      'official, --config.eval_batch_size=32, --config.num_eval_batches=10.')
+      'official, --config.eval_batch_size=32, --config.num_eval_batches=10, '
+      '--config.eval_metrics=mse,ssim,lpips,fvd.')
   flags.mark_flags_as_required(['export'])
 
 

@@ -14,12 +14,18 @@
 
 """Video-prediction metrics following the STAU evaluation protocol.
 
-All metrics take `predictions` and `targets` of shape (B, T, H, W, C) with
-values in [0, 1] and return per sequence-frame values of shape (B, T).
+A metric is a name mapped to a function, of one of two kinds:
+
+* per-frame metrics, `PER_FRAME_METRICS[name](predictions, targets)`:
+  (B, T, H, W, C) x 2 in [0, 1] -> (B, T), averaged over the test set frame
+  by frame;
+* set-level metrics, `SET_METRICS[name]`: a `features` function (B, T, H, W,
+  C) -> (B, D) applied to the real and to the predicted clips, accumulated
+  over the whole test set, and a `distance` between the two feature sets,
+  computed once at the end.
+
 Predictions are clipped to [0, 1] before any metric is computed; targets are
 used as given.
-
-Metric names used by `compute_metrics` and the accumulator helpers:
 
 * 'mse': sum of squared errors over a frame's H*W*C values ("MSE/frame").
 * 'mae': sum of absolute errors over a frame's H*W*C values ("MAE/frame").
@@ -29,25 +35,33 @@ Metric names used by `compute_metrics` and the accumulator helpers:
   whose old default data_range for float input was 2.0).
 * 'ssim_dr1': SSIM with data_range=1.0, the conventional value for [0, 1]
   images.
+* 'lpips': LPIPS, AlexNet (stau_jax/perceptual.py); frames >= 31x31.
+* 'fvd' (set-level): Frechet Video Distance between the I3D embeddings of the
+  real and the predicted clips (stau_jax/perceptual.py); clips >= 9 frames,
+  at least 2 clips.
 
+`parse_metrics('mse,ssim,fvd')` checks a comma-separated list of names.
 Evaluation over a dataset is a pure fold:
 
-  sums = None
+  sums, features = None, None
   for batch in batches:
-    s = batch_sums(pred, target, valid=batch_valid_mask)
+    s = batch_sums(pred, target, valid=batch_valid_mask, names=per_frame)
+    f = valid_features(batch_features(pred, target, set_level), valid)
     sums = s if sums is None else merge_sums(sums, s)
-  result = finalize(sums)
+    features = f if features is None else merge_features(features, f)
+  result = finalize(sums, features)
   print(format_table(result))
 """
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-METRIC_NAMES = ('mse', 'mae', 'psnr', 'ssim', 'ssim_dr1')
+from stau_jax import perceptual
 
 # Floor on the per-frame mean squared error inside `psnr`, so a perfect
 # prediction yields 10 * log10(1e10) = 100 dB instead of +inf.
@@ -140,29 +154,71 @@ def ssim(
   return jnp.mean(numerator / denominator, axis=_FRAME_AXES)
 
 
-@jax.jit
-def compute_metrics(
-    predictions: jax.Array, targets: jax.Array
-) -> dict[str, jax.Array]:
-  """All metrics per frame: (B, T, H, W, C) x 2 -> {name: (B, T)}.
+class SetMetric(NamedTuple):
+  """A metric of a whole test set: a distance between two feature sets.
 
-  Keys: 'mse' and 'mae' (per-frame sums), 'psnr' (dB), 'ssim' (data_range
-  2.0, paper protocol) and 'ssim_dr1' (data_range 1.0). See module docstring.
+  features: (B, T, H, W, C) clips in [0, 1] -> (B, D), jittable.
+  distance: (real (N, D), predicted (N, D)) numpy arrays -> float.
+  min_count: fewer clips are an error; warn_count: fewer get a warning.
   """
-  return {
-      'mse': mse_per_frame(predictions, targets),
-      'mae': mae_per_frame(predictions, targets),
-      'psnr': psnr(predictions, targets),
-      'ssim': ssim(predictions, targets, data_range=2.0),
-      'ssim_dr1': ssim(predictions, targets, data_range=1.0),
-  }
+  features: Callable[[jax.Array], jax.Array]
+  distance: Callable[[np.ndarray, np.ndarray], float]
+  min_count: int
+  warn_count: int
 
 
-@jax.jit
+PER_FRAME_METRICS = {
+    'mse': mse_per_frame,
+    'mae': mae_per_frame,
+    'psnr': psnr,
+    'ssim': functools.partial(ssim, data_range=2.0),
+    'ssim_dr1': functools.partial(ssim, data_range=1.0),
+    'lpips': perceptual.lpips,
+}
+SET_METRICS = {
+    'fvd': SetMetric(perceptual.fvd_features, perceptual.frechet_distance,
+                     min_count=2, warn_count=16),
+}
+# The cheap set: what training evaluates unless config.eval_metrics says more.
+DEFAULT_METRICS = ('mse', 'mae', 'psnr', 'ssim', 'ssim_dr1')
+
+
+def parse_metrics(spec: str) -> tuple[str, ...]:
+  """'mse,ssim,fvd' -> ('mse', 'ssim', 'fvd'); ValueError on unknown names."""
+  names = tuple(name.strip() for name in spec.split(',') if name.strip())
+  known = tuple(PER_FRAME_METRICS) + tuple(SET_METRICS)
+  unknown = [name for name in names if name not in known]
+  if unknown or not names or len(set(names)) != len(names):
+    raise ValueError(f'Bad metric list {spec!r}: give distinct names, comma-'
+                     f'separated, from {", ".join(known)}.')
+  return names
+
+
+def split_kinds(names) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(per-frame names, set-level names) of `names`, order kept."""
+  return (tuple(n for n in names if n in PER_FRAME_METRICS),
+          tuple(n for n in names if n in SET_METRICS))
+
+
+@functools.partial(jax.jit, static_argnames=('names',))
+def compute_metrics(
+    predictions: jax.Array, targets: jax.Array,
+    names: tuple[str, ...] = DEFAULT_METRICS,
+) -> dict[str, jax.Array]:
+  """Per-frame metrics: (B, T, H, W, C) x 2 -> {name: (B, T)}.
+
+  `names` are keys of PER_FRAME_METRICS; see the module docstring.
+  """
+  return {name: PER_FRAME_METRICS[name](predictions, targets)
+          for name in names}
+
+
+@functools.partial(jax.jit, static_argnames=('names',))
 def batch_sums(
     predictions: jax.Array,
     targets: jax.Array,
     valid: jax.Array | None = None,
+    names: tuple[str, ...] = DEFAULT_METRICS,
 ) -> dict[str, jax.Array]:
   """Per-frame metric sums over the valid examples of a batch.
 
@@ -171,12 +227,13 @@ def batch_sums(
     targets: (B, T, H, W, C) ground-truth frames.
     valid: optional (B,) boolean mask; False marks padded examples, which
       contribute nothing (not even NaNs). Defaults to all True.
+    names: per-frame metrics to compute.
 
   Returns:
-    {name: (T,) sum over valid examples} for each of `METRIC_NAMES`, plus
-    'count': scalar float32 number of valid examples.
+    {name: (T,) sum over valid examples} for each of `names`, plus 'count':
+    scalar float32 number of valid examples.
   """
-  metrics = compute_metrics(predictions, targets)
+  metrics = compute_metrics(predictions, targets, names)
   if valid is None:
     valid = jnp.ones(predictions.shape[:1], dtype=bool)
   mask = valid.astype(bool)[:, None]
@@ -188,6 +245,32 @@ def batch_sums(
   return sums
 
 
+@functools.partial(jax.jit, static_argnames=('names',))
+def batch_features(
+    predictions: jax.Array, targets: jax.Array, names: tuple[str, ...]
+) -> dict[str, dict[str, jax.Array]]:
+  """Set-level metric features: {name: {'real': (B, D), 'predicted': (B, D)}}.
+
+  Real and predicted clips go through one call (one compiled network).
+  """
+  clips = jnp.concatenate([targets, predictions.astype(targets.dtype)])
+  features = {name: SET_METRICS[name].features(clips) for name in names}
+  return {name: {'real': value[:len(targets)],
+                 'predicted': value[len(targets):]}
+          for name, value in features.items()}
+
+
+def valid_features(features, valid) -> dict[str, dict[str, np.ndarray]]:
+  """`batch_features` output as numpy, keeping the rows where valid (B,)."""
+  valid = np.asarray(valid, bool)
+  return jax.tree_util.tree_map(lambda x: np.asarray(x)[valid], features)
+
+
+def merge_features(a, b) -> dict[str, dict[str, np.ndarray]]:
+  """Concatenates two `valid_features` results along the example axis."""
+  return jax.tree_util.tree_map(lambda x, y: np.concatenate([x, y]), a, b)
+
+
 def merge_sums(
     a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]
 ) -> dict[str, jax.Array]:
@@ -195,33 +278,49 @@ def merge_sums(
   return {name: a[name] + b[name] for name in a}
 
 
-def finalize(sums: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-  """Turns accumulated sums into per-frame and overall means.
+def finalize(sums: Mapping[str, Any],
+             features: Mapping[str, Any] | None = None
+             ) -> dict[str, dict[str, Any]]:
+  """Turns accumulated sums (and set-level features) into the result.
 
   Args:
     sums: output of `batch_sums` / `merge_sums`.
+    features: optional output of `valid_features` / `merge_features` over the
+      whole test set.
 
   Returns:
     {'per_frame': {name: list of T floats}, 'mean': {name: float},
-     'count': int}. The overall mean is the mean of the per-frame means
-    (every frame has the same count, so it is also the mean over all frames).
+     'count': int}. A per-frame metric's mean is the mean of its per-frame
+    means (every frame has the same count, so it is also the mean over all
+    frames); a set-level metric appears only under 'mean'.
 
   Raises:
-    ValueError: if no valid example was accumulated.
+    ValueError: if no valid example was accumulated, or fewer than a
+      set-level metric's min_count.
   """
   count = float(np.asarray(sums['count']))
   if count <= 0:
     raise ValueError('finalize() needs at least one valid example.')
-  per_frame = {
+  per_frame = {  # In registry order (jit returns dicts with sorted keys).
       name: (np.asarray(sums[name], dtype=np.float64) / count).tolist()
-      for name in METRIC_NAMES
+      for name in PER_FRAME_METRICS if name in sums
   }
   mean = {name: float(np.mean(values)) for name, values in per_frame.items()}
+  for name, sets in (features or {}).items():
+    metric, clips = SET_METRICS[name], len(sets['real'])
+    if clips < metric.min_count:
+      raise ValueError(f'{name} needs at least {metric.min_count} test clips; '
+                       f'got {clips}. Evaluate more sequences.')
+    if clips < metric.warn_count:
+      logging.warning('%s over only %d clips is a noisy estimate; use at '
+                      'least %d.', name, clips, metric.warn_count)
+    mean[name] = metric.distance(sets['real'], sets['predicted'])
   return {'per_frame': per_frame, 'mean': mean, 'count': int(round(count))}
 
 
 def format_table(result: Mapping[str, Any]) -> str:
-  """Formats `finalize` output as a per-frame table plus an averages row."""
+  """`finalize` output as a per-frame table, an averages row, then one line
+  per set-level metric."""
   names = list(result['per_frame'])
   header = f"{'frame':>6}" + ''.join(f'{name:>12}' for name in names)
   num_frames = len(result['per_frame'][names[0]])
@@ -232,4 +331,6 @@ def format_table(result: Mapping[str, Any]) -> str:
   lines.append('-' * len(header))
   row = ''.join(f"{result['mean'][name]:12.4f}" for name in names)
   lines.append(f"{'mean':>6}" + row)
+  lines.extend(f"{name} over {result['count']} clips: {value:.4f}"
+               for name, value in result['mean'].items() if name not in names)
   return '\n'.join(lines)

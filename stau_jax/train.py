@@ -10,7 +10,7 @@ Workdir layout:
   lock                   host and pid of the process training here
   checkpoints/<step>/    orbax checkpoints, the last config.keep_checkpoints
   train_losses.jsonl     one line per step: step, loss, learning_rate, eta
-  eval/step_<N>.json     per-frame and mean test metrics (+ step_<N>.txt table)
+  eval/step_<N>.json     config.eval_metrics: per-frame and mean (+ step_<N>.txt)
   samples/step_<N>.png   strips of a few test sequences (truth over prediction)
   samples/step_<N>_<i>.gif
   events.out.tfevents.*  TensorBoard: train/*, eval/*, samples
@@ -177,6 +177,7 @@ def validate_config(config, num_devices, process_count):
   data.validate_data_config(config, num_devices, process_count)
   models.validate_model_config(config)
   sampling.validate_sampling_config(config)
+  evaluate.validate_eval_config(config)
   for name in ('num_train_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'log_every_steps', 'lr_decay_every_steps', 'keep_checkpoints'):
     if not isinstance(config[name], int) or config[name] < 1:
@@ -397,8 +398,8 @@ def _train_and_evaluate(config, workdir):
     if eval_now:
       result, samples = evaluate.evaluate(
           eval_step, state.params, data.create_test_iterator(config),
-          config.num_eval_batches, NUM_SAMPLES,
-          data.test_set_size(config))
+          config.num_eval_batches, NUM_SAMPLES, evaluate.expected_test_size(
+              config, config.eval_batch_size, config.num_eval_batches))
       if is_chief:
         _write_evaluation(workdir, writer, config, step, result, samples)
     if checkpoint_now:

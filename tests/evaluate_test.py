@@ -11,6 +11,8 @@ from stau_jax import evaluate
 from stau_jax import export
 from stau_jax import metrics
 from stau_jax import models
+from stau_jax import perceptual
+from stau_jax import train
 from tests import export_test
 from tests import runs
 
@@ -28,10 +30,50 @@ def test_evaluate_matches_a_direct_computation():
   expected = metrics.compute_metrics(
       predictions[:, config.data.input_length - 1:],
       frames[:, config.data.input_length:])
-  for name in metrics.METRIC_NAMES:
+  for name in metrics.DEFAULT_METRICS:
     np.testing.assert_allclose(result['per_frame'][name],
                                np.mean(expected[name], axis=0), rtol=1e-4,
                                err_msg=name)
+
+
+def test_lpips_and_fvd_match_a_direct_computation():
+  """32x32 frames, 2 -> 9 frames, 3 sequences in 2 batches (one padded)."""
+  config = runs.tiny_config(eval_metrics='mse,lpips,fvd', eval_batch_size=2)
+  config.data.image_size = (32, 32)
+  config.data.input_length = 2
+  config.data.total_length = 11
+  config.data.num_test_sequences = 3
+  params = export_test.random_params(config)
+  result = evaluate.evaluate_params(params, config)
+  frames = data.create_test_arrays(config)
+  predictions = models.create_model(config).apply({'params': params}, frames)
+  predictions = np.clip(predictions[:, 1:], 0, 1)
+  np.testing.assert_allclose(
+      result['per_frame']['lpips'],
+      np.mean(perceptual.lpips(predictions, frames[:, 2:]), axis=0),
+      rtol=1e-4)
+  features = perceptual.fvd_features(
+      np.concatenate([frames[:, 2:], predictions]))
+  expected = perceptual.frechet_distance(features[:3], features[3:])
+  assert result['count'] == 3 and list(result['per_frame']) == ['mse', 'lpips']
+  np.testing.assert_allclose(result['mean']['fvd'], expected, rtol=1e-3)
+
+
+@pytest.mark.parametrize('metric_names, overrides, message', (
+    ('mse,fid', {}, 'Bad metric list'),
+    ('lpips', {}, 'LPIPS needs frames of at least 31x31'),
+    ('fvd', {}, 'FVD needs clips of at least 9 frames'),
+    ('fvd', {'total_length': 13, 'num_test_sequences': 1},
+     'fvd needs at least 2 test clips'),
+))
+def test_bad_metric_choices_are_errors_before_any_work(metric_names,
+                                                       overrides, message):
+  config = runs.tiny_config(eval_metrics=metric_names)
+  config.data.update(overrides)
+  with pytest.raises(ValueError, match=message):
+    evaluate.validate_eval_config(config)
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(config, num_devices=1, process_count=1)
 
 
 @pytest.mark.parametrize('baseline', evaluate.BASELINES)
@@ -95,8 +137,10 @@ def test_cli_prints_the_table_and_writes_json(tiny_export, tmp_path):
   assert len(written['per_frame']['mse']) == 4
   baseline = runs.python('-m', 'stau_jax.evaluate', f'--export={tiny_export}',
                          '--config.num_eval_batches=1',
-                         '--config.eval_batch_size=4', '--baseline=zeros')
+                         '--config.eval_batch_size=4', '--baseline=zeros',
+                         '--config.eval_metrics=psnr,mae')
   assert "Baseline 'zeros'" in baseline.stdout
+  assert baseline.stdout.splitlines()[1].split() == ['frame', 'mae', 'psnr']
 
 
 def test_cli_reads_an_official_layout_npy(tmp_path):

@@ -124,7 +124,7 @@ def test_identical_inputs():
   rng = np.random.default_rng(3)
   x, _ = _structured_pair(rng, (2, 3, 16, 24, 3))
   out = metrics.compute_metrics(x, x)
-  assert set(out) == set(metrics.METRIC_NAMES)
+  assert set(out) == set(metrics.DEFAULT_METRICS)
   for value in out.values():
     assert value.shape == (2, 3)
   np.testing.assert_array_equal(out['mse'], 0.0)
@@ -148,7 +148,7 @@ def test_accumulator_excludes_padded_examples():
   assert result['count'] == 3
 
   expected = metrics.compute_metrics(pred[:3], target[:3])
-  for name in metrics.METRIC_NAMES:
+  for name in metrics.DEFAULT_METRICS:
     per_frame = np.asarray(expected[name]).mean(axis=0)
     assert len(result['per_frame'][name]) == 3
     np.testing.assert_allclose(result['per_frame'][name], per_frame,
@@ -183,6 +183,51 @@ def test_format_table_from_finalize():
   table = metrics.format_table(
       metrics.finalize(metrics.batch_sums(pred, target)))
   lines = table.splitlines()
-  assert lines[0].split() == ['frame'] + list(metrics.METRIC_NAMES)
+  assert lines[0].split() == ['frame'] + list(metrics.DEFAULT_METRICS)
   assert [line.split()[0] for line in lines[2:6]] == ['1', '2', '3', '4']
   assert lines[-1].startswith('  mean')
+
+
+def test_parse_metrics():
+  assert metrics.parse_metrics(' mse, lpips,fvd ') == ('mse', 'lpips', 'fvd')
+  assert metrics.split_kinds(('fvd', 'mse', 'lpips')) == (('mse', 'lpips'),
+                                                          ('fvd',))
+  for bad in ('mse,fid', '', 'mse,mse'):
+    with pytest.raises(ValueError, match='Bad metric list'):
+      metrics.parse_metrics(bad)
+
+
+def test_set_level_metric_over_accumulated_features(monkeypatch, caplog):
+  """Features of valid rows are gathered over batches; the distance runs once."""
+  calls = []
+
+  def distance(real, predicted):
+    calls.append((real, predicted))
+    return float(np.sum(predicted - real))
+
+  monkeypatch.setitem(metrics.SET_METRICS, 'fvd', metrics.SetMetric(
+      lambda clips: clips[:, :, 0, 0, 0], distance, min_count=2,
+      warn_count=16))
+  rng = np.random.default_rng(7)
+  pred, target = _random_pair(rng, (6, 2, 4, 4, 1))
+  valid = np.array([True, True, True, True, False, False])
+  sums, features = None, None
+  for rows in (slice(0, 3), slice(3, 6)):
+    s = metrics.batch_sums(pred[rows], target[rows], valid[rows], ('mse',))
+    f = metrics.valid_features(
+        metrics.batch_features(pred[rows], target[rows], ('fvd',)),
+        valid[rows])
+    sums = s if sums is None else metrics.merge_sums(sums, s)
+    features = f if features is None else metrics.merge_features(features, f)
+  result = metrics.finalize(sums, features)
+  assert 'fvd over only 4 clips is a noisy estimate' in caplog.text
+  assert len(calls) == 1
+  np.testing.assert_array_equal(calls[0][0], target[:4, :, 0, 0, 0])
+  np.testing.assert_array_equal(calls[0][1], pred[:4, :, 0, 0, 0])
+  assert list(result['per_frame']) == ['mse']
+  assert result['mean']['fvd'] == pytest.approx(
+      np.sum(pred[:4, :, 0, 0, 0] - target[:4, :, 0, 0, 0]), rel=1e-6)
+  assert metrics.format_table(result).splitlines()[-1].startswith(
+      'fvd over 4 clips: ')
+  with pytest.raises(ValueError, match='at least 2 test clips'):
+    metrics.finalize(sums, metrics.valid_features(features, [1, 0, 0, 0]))

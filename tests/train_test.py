@@ -138,6 +138,23 @@ def test_tensorboard_summaries(tiny_run):
   assert image.encoded_image_string.startswith(b'\x89PNG')
 
 
+def test_evaluation_files_carry_perceptual_metrics(tmp_path):
+  """A set-level metric (FVD) reaches the JSON, the table and TensorBoard."""
+  result = {'per_frame': {'mse': [1.0, 3.0], 'lpips': [0.1, 0.3]},
+            'mean': {'mse': 2.0, 'lpips': 0.2, 'fvd': 123.5}, 'count': 16}
+  writer = summaries.SummaryWriter(str(tmp_path))
+  train._write_evaluation(str(tmp_path), writer, _config(), 7, result, None)
+  with open(tmp_path / 'eval' / 'step_000007.json') as f:
+    assert json.load(f) == {'step': 7, **result}
+  table = (tmp_path / 'eval' / 'step_000007.txt').read_text()
+  assert table.splitlines()[0].split() == ['frame', 'mse', 'lpips']
+  assert 'fvd over 16 clips: 123.5000' in table
+  values = {v.tag: v.simple_value for e in _events(str(tmp_path))
+            for v in e.summary.value}
+  assert values == {'eval/mse': 2.0, 'eval/lpips': pytest.approx(0.2),
+                    'eval/fvd': 123.5}
+
+
 def test_finished_run_resumes_without_training_and_continues(tiny_run,
                                                              tmp_path):
   config, _, state = tiny_run
