@@ -20,15 +20,20 @@ from stau_jax import export
 from stau_jax import models
 
 
-def prepare_inputs(frames, config):
-  """Checks and normalizes user frames to float32 (N, input_length, H, W, C) in [0, 1]."""
+def prepare_inputs(frames, config, with_truth=False):
+  """Checks and normalizes user frames to float32 (N, input_length, H, W, C) in [0, 1].
+
+  With `with_truth`, keeps (and requires) total_length frames: the inputs and
+  the true future frames, for comparing predictions with them.
+  """
   frames = np.asarray(frames)
   height, width = config.data.image_size
   channels = config.data.channels
-  input_length = config.data.input_length
+  needed = 'total_length' if with_truth else 'input_length'
+  length = config.data[needed]
   if frames.ndim == 4:
     frames = frames[..., None]
-  expected = f'(N, T>={input_length}, {height}, {width}, {channels})'
+  expected = f'(N, T>={length}, {height}, {width}, {channels})'
   if frames.ndim != 5:
     raise ValueError(f'Input must be (N, T, H, W, C) or (N, T, H, W); got '
                      f'shape {frames.shape}. Expected {expected}.')
@@ -36,9 +41,9 @@ def prepare_inputs(frames, config):
     raise ValueError(f'Input frames are {frames.shape[2:]} (H, W, C) but the '
                      f'model was trained on ({height}, {width}, {channels}); '
                      f'expected {expected}.')
-  if frames.shape[1] < input_length:
-    raise ValueError(f'Input has {frames.shape[1]} frames per sequence; the '
-                     f'model needs at least input_length={input_length}.')
+  if frames.shape[1] < length:
+    raise ValueError(f'Input has {frames.shape[1]} frames per sequence; it '
+                     f'needs at least {needed}={length}.')
   if frames.dtype == np.uint8:
     frames = frames.astype(np.float32) / 255
   elif np.issubdtype(frames.dtype, np.floating):
@@ -50,7 +55,7 @@ def prepare_inputs(frames, config):
                        'frames to have them divided by 255.')
   else:
     raise ValueError(f'Input dtype must be uint8 or float; got {frames.dtype}.')
-  return frames[:, :input_length]
+  return frames[:, :length]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
