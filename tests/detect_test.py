@@ -8,7 +8,6 @@ from onnx import helper
 from onnx import numpy_helper
 import pytest
 from PIL import Image
-from PIL import ImageDraw
 
 from configs import tiny
 from stau_jax import detect
@@ -16,6 +15,7 @@ from stau_jax import export
 from stau_jax import models
 from stau_jax import predict
 from tests import runs
+from tools import walking_people
 
 
 def _yolo_model(path, output, input_size=(64, 64), score_weights=None):
@@ -178,33 +178,11 @@ def test_detection_stats_on_hand_made_boxes():
   assert np.isnan(nothing['mean']['match_rate'])
 
 
-def _pedestrian_frame(size=64, height=40, center=(32, 10)):
-  """A gray (size, size) float frame with a dark walking figure drawn on it.
-
-  Drawn 8x larger and downsampled (antialiased), like a filmed frame; the
-  figure is `height` pixels tall, its head's top at `center` (x, y).
-  """
-  k = 8
-  image = Image.new('L', (size * k, size * k), 200)
-  draw = ImageDraw.Draw(image)
-  x, top, u = center[0] * k, center[1] * k, height * k / 8  # u: head height
-  parts = [
-      [(-0.2, 1.0), (0.2, 1.0), (0.25, 1.3), (-0.25, 1.3)],  # neck
-      [(-1.0, 1.3), (1.0, 1.3), (0.8, 4.2), (-0.8, 4.2)],  # torso
-      [(-1.0, 1.3), (-1.35, 4.3), (-1.0, 4.4), (-0.75, 2.0)],  # arms
-      [(1.0, 1.3), (1.35, 4.3), (1.0, 4.4), (0.75, 2.0)],
-      [(-0.8, 4.1), (-0.05, 4.1), (-0.15, 8.0), (-0.75, 8.0)],  # legs
-      [(0.8, 4.1), (0.05, 4.1), (0.15, 8.0), (0.75, 8.0)],
-  ]
-  draw.ellipse([x - 0.45 * u, top, x + 0.45 * u, top + 1.1 * u], fill=40)
-  for part in parts:
-    draw.polygon([(x + dx * u, top + dy * u) for dx, dy in part], fill=40)
-  image = image.resize((size, size), Image.Resampling.BOX)
-  return np.asarray(image, np.float32)[..., None] / 255
-
-
-def test_hog_finds_a_drawn_pedestrian_on_a_small_gray_frame():
-  frames = np.stack([_pedestrian_frame(), np.full((64, 64, 1), 0.8)])[None]
+def test_hog_finds_a_drawn_pedestrian_on_a_small_frame():
+  person = walking_people.Person(x=32, feet=50, height=40, speed=0,
+                                 color=(40, 40, 40))
+  frames = np.stack([walking_people.render([person], 64),
+                     walking_people.render([], 64)])[None] / 255
   scale = detect.auto_scale((64, 64))
   assert scale == 4
   (found, empty), = detect.detect_frames(detect.hog_detector(scale), frames)
