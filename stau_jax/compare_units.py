@@ -21,6 +21,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from stau_jax import benchmark
+from stau_jax import cli
 from stau_jax.models import registry
 
 FLAGS = flags.FLAGS
@@ -104,5 +105,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -31,18 +31,21 @@ def load_frames(path):
                             'pass a .npy array (N, T, H, W[, C])') from e
 
 
-def check_inputs(frames, config):
+def check_inputs(frames, config, with_truth=False):
   """Checks user frames' shape and dtype without reading them.
 
   Returns frames as (N, T, H, W, C) (a view: a memory-mapped file stays on
-  disk); ValueError naming the expected shape otherwise.
+  disk); ValueError naming the expected shape otherwise. With `with_truth`,
+  requires total_length frames (inputs and the true future), else
+  input_length.
   """
   height, width = config.data.image_size
   channels = config.data.channels
-  input_length = config.data.input_length
+  needed = 'total_length' if with_truth else 'input_length'
+  length = config.data[needed]
   if frames.ndim == 4:
     frames = frames[..., None]
-  expected = f'(N, T>={input_length}, {height}, {width}, {channels})'
+  expected = f'(N, T>={length}, {height}, {width}, {channels})'
   if frames.ndim != 5:
     raise ValueError(f'Input must be (N, T, H, W, C) or (N, T, H, W); got '
                      f'shape {frames.shape}. Expected {expected}.')
@@ -52,9 +55,9 @@ def check_inputs(frames, config):
                      f'expected {expected}.')
   if not len(frames):
     raise ValueError(f'Input has no sequences; expected {expected}.')
-  if frames.shape[1] < input_length:
-    raise ValueError(f'Input has {frames.shape[1]} frames per sequence; the '
-                     f'model needs at least input_length={input_length}.')
+  if frames.shape[1] < length:
+    raise ValueError(f'Input has {frames.shape[1]} frames per sequence; it '
+                     f'needs at least {needed}={length}.')
   if frames.dtype != np.uint8 and not np.issubdtype(frames.dtype,
                                                      np.floating):
     raise ValueError(f'Input dtype must be uint8 or float; got {frames.dtype}.')
@@ -74,10 +77,15 @@ def _to_float(frames):
   return frames
 
 
-def prepare_inputs(frames, config):
-  """Checks and normalizes user frames to float32 (N, input_length, H, W, C) in [0, 1]."""
-  frames = check_inputs(np.asarray(frames), config)
-  return _to_float(frames[:, :config.data.input_length])
+def prepare_inputs(frames, config, with_truth=False):
+  """Checks and normalizes user frames to float32 (N, input_length, H, W, C) in [0, 1].
+
+  With `with_truth`, keeps (and requires) total_length frames: the inputs and
+  the true future frames, for comparing predictions with them.
+  """
+  frames = check_inputs(np.asarray(frames), config, with_truth)
+  length = config.data.total_length if with_truth else config.data.input_length
+  return _to_float(frames[:, :length])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))

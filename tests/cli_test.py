@@ -127,7 +127,7 @@ _CASES = {
         ('-m', 'stau_jax.convert_torch', '--checkpoint={root}/empty.ckpt',
          f'--config={runs.TINY_CONFIG}', '--output={root}/x.export'),
         'error: Cannot read the PyTorch checkpoint (EOFError: Ran out of '
-        "input) ({root}/empty.ckpt): pass a file saved by the authors' code"),
+        "input) ({root}/empty.ckpt): pass a file saved with torch.save"),
     'visualize missing input': (
         ('-m', 'stau_jax.visualize', '--export={root}/tiny.export',
          '--input={root}/none.npy', '--output={root}/pictures'),
@@ -141,6 +141,15 @@ _CASES = {
         ('-m', 'stau_jax.predict', '--export={root}/tiny.export',
          '--input={root}/empty.ckpt', '--output={root}/out.npy'),
         'error: Cannot read the frames: '),
+    'compare_units unknown cell': (
+        ('-m', 'stau_jax.compare_units', f'--config={runs.TINY_CONFIG}',
+         '--cells=stau,lstm'),
+        "error: config.model.cell='lstm' is unknown; choose one of"),
+    'detect onnx without weights': (
+        ('-m', 'stau_jax.detect', '--export={root}/tiny.export',
+         '--data={root}/clips.npy', '--output={root}/det.json',
+         '--detector=onnx'),
+        'error: '),
     'benchmark steps 0': (
         ('-m', 'stau_jax.benchmark', '--steps=0'),
         'error: flag --steps=0: '),

@@ -1,13 +1,16 @@
-"""Tests for tools/: the authors'-model timer and the GPU side-by-side script."""
+"""Tests for tools/: the authors'-model timer, the GPU side-by-side script, the street video."""
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
+from PIL import Image
 import pytest
 
 from tools import torch_reference_step
+from tools import walking_people
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,3 +103,20 @@ def test_gpu_side_by_side_runs_both_models_in_both_precisions(tmp_path):
   assert [line.split()[0] for line in summary] == [
       'jax_f32', 'jax_bf16', 'torch_f32', 'torch_bf16']
   assert json.loads((out / 'jax_bf16.json').read_text())['train_step_s'] == 0.05
+
+
+def test_walking_people_writes_frames_and_the_last_frames_as_clips(tmp_path):
+  walking_people.main([f'--output={tmp_path}', '--num_frames=60', '--size=32',
+                       '--clip_length=4', '--num_clips=3'])
+  names = sorted(os.listdir(tmp_path / 'frames'))
+  assert len(names) == 60 and names[0] == '000000.png'
+  clips = np.load(tmp_path / 'clips.npy')
+  assert clips.shape == (3, 4, 32, 32, 3) and clips.dtype == np.uint8
+  frames = list(walking_people.street_frames(60, size=32))
+  np.testing.assert_array_equal(clips.reshape(12, 32, 32, 3), frames[48:])
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(tmp_path / 'frames' / '000059.png')), frames[59])
+  assert len({frame.tobytes() for frame in frames}) > 10  # people walk by
+  with pytest.raises(SystemExit):
+    walking_people.main([f'--output={tmp_path}', '--num_frames=10',
+                         '--clip_length=4', '--num_clips=3'])
