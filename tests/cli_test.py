@@ -149,7 +149,7 @@ _CASES = {
         ('-m', 'stau_jax.detect', '--export={root}/tiny.export',
          '--data={root}/clips.npy', '--output={root}/det.json',
          '--detector=onnx'),
-        'error: '),
+        'error: --detector=onnx needs --detector_weights=MODEL.onnx'),
     'benchmark steps 0': (
         ('-m', 'stau_jax.benchmark', '--steps=0'),
         'error: flag --steps=0: '),
