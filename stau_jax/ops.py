@@ -13,16 +13,15 @@ undilated convolutions, whose backward passes XLA:CPU runs well:
 - the stride-1 conv has a custom VJP: the input gradient is a forward conv
   with the flipped kernel, the weight gradient one matmul per kernel tap;
 - a 1x1 conv is a matmul (lax's 1x1 conv gradients with one input or output
-  channel took 13 ms per frame).
+  channel are slow on CPU).
 On XLA:CPU, lax's input-dilated convolutions (the backward of strided convs,
-transposed convs) are very slow (the Moving MNIST decoder's forward+backward:
-4.6 s per frame with lax, 0.05 s rewritten), and lax's 5x5 conv gradients
-inside the scanned model were slower still.
+transposed convs) are very slow, and lax's 5x5 conv gradients inside the
+scanned model were slower still (README "Speed" has the figures).
 With impl 'resample' (chosen by 'auto' on GPU) only the first two rewrites
-apply and stride-1 convs stay lax's (cuDNN's kernels): cuDNN picks FFT
+apply and stride-1 convs stay lax's (cuDNN's kernels): cuDNN picks slow FFT
 algorithms for the Moving MNIST decoder's transposed convs and their
-gradients (21 ms of a 125 ms H100 training step). 'xla' (chosen by 'auto'
-elsewhere, e.g. TPU) keeps lax for everything.
+gradients. 'xla' (chosen by 'auto' elsewhere, e.g. TPU) keeps lax for
+everything.
 """
 import functools
 import math
