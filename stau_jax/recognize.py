@@ -46,7 +46,6 @@ from stau_jax import distributed
 from stau_jax import export
 from stau_jax import metrics
 from stau_jax import models
-from stau_jax import summaries
 from stau_jax import train
 from stau_jax.models import predictor as predictor_lib
 
@@ -341,6 +340,12 @@ def with_predictor(config, predictor):
           f'The predictor {predictor} was trained on data.{name} = {have}, '
           f'but this config has {want}; train the predictor on the same '
           'frames')
+  if predictor_config.data.input_length != config.data.input_length:
+    logging.warning(
+        'The predictor %s was trained to continue %d observed frames; here it '
+        'sees %d (the paper trains one predictor per observed fraction).',
+        predictor, predictor_config.data.input_length,
+        config.data.input_length)
   config.model = predictor_config.model
   with open(predictor, 'rb') as f:
     config.predictor_sha256 = hashlib.sha256(f.read()).hexdigest()
