@@ -36,8 +36,10 @@ DIGEST = 'digest'
 _held_locks = set()  # absolute lock paths this process holds
 
 # Fields that must match between a run and the config it resumes with: the
-# model architecture and the shape of the frames it was trained on.
-ARCHITECTURE_FIELDS = ('model',) + tuple(
+# model architecture and the shape of the frames it was trained on; for
+# action recognition (recognize.py) also the classifier and the frozen
+# predictor's export file (absent, None, in prediction runs).
+ARCHITECTURE_FIELDS = ('model', 'classifier', 'predictor_sha256') + tuple(
     f'data.{name}' for name in ('dataset', 'image_size', 'channels',
                                 'input_length', 'total_length'))
 # config.model fields that choose how, not what, the model computes.

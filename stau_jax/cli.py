@@ -20,6 +20,7 @@ all three parts. Any other exception is a bug and keeps its traceback;
 `--verbosity=1` (or -v 1) shows the traceback of user errors too.
 """
 import functools
+import logging as std_logging
 import sys
 
 from absl import app
@@ -29,6 +30,12 @@ from stau_jax import errors
 
 USER_ERRORS = (errors.UserError, ValueError, OSError, EOFError,
                FloatingPointError, app.UsageError)
+
+
+def drop_orbax_info(record):
+  """Keeps orbax's per-save INFO lines out of the progress log (a filter for
+  logging.get_absl_handler())."""
+  return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
 
 
 def describe(error):

@@ -7,8 +7,6 @@ The workdir defaults to runs/<config.name>; running the same command again
 resumes from its latest checkpoint. On several hosts, see
 `distributed.initialize_from_environment` for the environment variables.
 """
-import logging as std_logging
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -26,15 +24,10 @@ _WORKDIR = flags.DEFINE_string(
     'default runs/<config.name>.')
 
 
-def _drop_orbax_info(record):
-  """Keeps orbax's per-save INFO lines out of the progress log."""
-  return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_drop_orbax_info)
+  logging.get_absl_handler().addFilter(cli.drop_orbax_info)
   distributed.initialize_from_environment()
   workdir = _WORKDIR.value or f'runs/{_CONFIG.value.name}'
   logging.info('Config:\n%s', _CONFIG.value)

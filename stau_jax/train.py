@@ -3,7 +3,10 @@
 `train_and_evaluate(config, workdir)` trains the model `config` describes on
 its dataset, on all local devices (and all hosts after
 `distributed.initialize_from_environment`), resuming from the latest
-checkpoint in `workdir`.
+checkpoint in `workdir`. The loop itself, `fit(config, workdir, make_task)`,
+trains any `Task` (its state, pmapped steps, batches and evaluation): video
+prediction here (`prediction_task`), early action recognition in
+recognize.py.
 
 Workdir layout:
   config.json            the config of the run (checked on resume)
@@ -20,7 +23,7 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import flax
@@ -261,6 +264,57 @@ def _write_evaluation(workdir, writer, config, step, result, samples):
   writer.flush()
 
 
+class Task(NamedTuple):
+  """What `fit` trains and how it evaluates it; see `prediction_task`.
+
+  state: fresh host TrainState (the restore target).
+  train_step: pmapped (state, batch) -> (state, step metrics): 'loss' and
+    'learning_rate', then any other scalars (logged as `name value`).
+  check_step: pmapped (state, batch) -> {'loss', 'finite'}, the loss and
+    finiteness of the state after an update (see `check_step`).
+  train_batches: start_step -> endless iterator of device batches.
+  evaluate: replicated state -> (result, samples); every host calls it.
+  write_evaluation: (workdir, writer, step, result, samples), on the chief.
+  description: one line logged at the start (model and parameter count).
+  """
+  state: TrainState
+  train_step: Callable
+  check_step: Callable
+  train_batches: Callable
+  evaluate: Callable
+  write_evaluation: Callable
+  description: str
+
+
+def prediction_task(config):
+  """The video predictor of `config`, trained and evaluated on its frames."""
+  compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  model = models.create_model(config, dtype=compute_dtype)
+  optimizer = create_optimizer(config)
+  state = create_train_state(config, model, optimizer)
+  eval_step = evaluate.make_eval_step(models.create_model(config), config)
+
+  def train_batches(start_step):
+    return data.create_train_iterator(
+        config, num_devices=jax.local_device_count(), start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def evaluate_state(state):
+    return evaluate.evaluate(
+        eval_step, state.params, data.create_test_iterator(config),
+        config.num_eval_batches, NUM_SAMPLES, evaluate.expected_test_size(
+            config, config.eval_batch_size, config.num_eval_batches))
+
+  return Task(
+      state=state, train_step=make_train_step(model, optimizer, config),
+      check_step=make_check_step(model, config), train_batches=train_batches,
+      evaluate=evaluate_state,
+      write_evaluation=functools.partial(_write_evaluation, config=config),
+      description=(f'Model: {config.model.cell} cell, '
+                   f'{models.count_params(state.params)} parameters; '
+                   f'{compute_dtype.__name__} compute.'))
+
+
 def train_and_evaluate(config, workdir):
   """Trains and periodically evaluates; resumes from workdir's last checkpoint.
 
@@ -282,10 +336,23 @@ def train_and_evaluate(config, workdir):
       is kept).
   """
   validate_config(config, jax.local_device_count(), jax.process_count())
+  return fit(config, workdir, functools.partial(prediction_task, config))
+
+
+def fit(config, workdir, make_task):
+  """The training loop of any `Task`, holding the workdir's lock.
+
+  Process 0 takes the lock (`checkpoints.workdir_lock`), then `make_task()`
+  builds the task, which is trained from the workdir's last checkpoint to
+  config.num_train_steps with progress lines, losses, checkpoints and
+  evaluations as the module docstring describes. The config must already be
+  validated. Returns the final host TrainState; raises as
+  `train_and_evaluate` does.
+  """
   lock = (checkpoints.workdir_lock(workdir) if jax.process_index() == 0 else
           contextlib.nullcontext())
   with lock:
-    return _train_and_evaluate(config, workdir)
+    return _fit(config, workdir, make_task())
 
 
 def _diverged(what, workdir, last_good_step):
@@ -297,8 +364,8 @@ def _diverged(what, workdir, last_good_step):
                             f'check the data.')
 
 
-def _train_and_evaluate(config, workdir):
-  """`train_and_evaluate` after validation, holding the lock."""
+def _fit(config, workdir, task):
+  """`fit` holding the lock."""
   num_devices = jax.local_device_count()
   process_index, process_count = jax.process_index(), jax.process_count()
   is_chief = process_index == 0
@@ -306,12 +373,8 @@ def _train_and_evaluate(config, workdir):
                'workdir %s.', jax.device_count(), num_devices, process_count,
                workdir)
 
-  compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  model = models.create_model(config, dtype=compute_dtype)
-  optimizer = create_optimizer(config)
-  state = create_train_state(config, model, optimizer)
   manager = checkpoints.create_manager(workdir, config)
-  state = checkpoints.restore_or_keep(manager, state, config, workdir)
+  state = checkpoints.restore_or_keep(manager, task.state, config, workdir)
   initial_step = int(state.step)
   if is_chief:
     if initial_step:
@@ -324,16 +387,9 @@ def _train_and_evaluate(config, workdir):
       checkpoints.write_config(workdir, config)
     _truncate_losses(workdir, initial_step)
     writer = summaries.SummaryWriter(workdir)
-  num_params = models.count_params(state.params)
-  logging.info('Model: %s cell, %d parameters; %s compute.',
-               config.model.cell, num_params, compute_dtype.__name__)
+  logging.info('%s', task.description)
 
-  train_iter = data.create_train_iterator(
-      config, num_devices=num_devices, start_step=initial_step,
-      process_index=process_index, process_count=process_count)
-  p_train_step = make_train_step(model, optimizer, config)
-  p_check_step = make_check_step(model, config)
-  eval_step = evaluate.make_eval_step(models.create_model(config), config)
+  train_iter = task.train_batches(initial_step)
   state = distributed.replicate(state)
 
   pending = []  # (step, device metrics) not yet fetched to the host
@@ -341,8 +397,8 @@ def _train_and_evaluate(config, workdir):
   timer_step, timer_start = initial_step, time.time()
   last_progress = timer_start
   for step in range(initial_step + 1, config.num_train_steps + 1):
-    frames = next(train_iter)
-    state, step_metrics = p_train_step(state, frames)
+    batch = next(train_iter)
+    state, step_metrics = task.train_step(state, batch)
     pending.append((step, step_metrics))
     if step == initial_step + 1:
       jax.block_until_ready(step_metrics)
@@ -367,7 +423,7 @@ def _train_and_evaluate(config, workdir):
         raise _diverged(f'Loss is {record["loss"]} at step {record["step"]}',
                         workdir, last_good_step)
     if eval_now or checkpoint_now:
-      check = jax.device_get(p_check_step(state, frames))
+      check = jax.device_get(task.check_step(state, batch))
       if not (check['finite'][0] and np.isfinite(check['loss'][0])):
         manager.wait_until_finished()
         what = ('NaN or inf' if not check['finite'][0] else
@@ -385,23 +441,24 @@ def _train_and_evaluate(config, workdir):
                                     steps_per_sec)
                    if steps_per_sec > 0 else '?')
       loss = np.mean([r['loss'] for r in records])
-      logging.info('step %d/%d | loss %.5f | lr %.3g | eta %.3f | %.2f steps/s '
-                   '| ETA %s', step, config.num_train_steps, loss,
-                   records[-1]['learning_rate'], records[-1]['eta'],
+      others = {k: v for k, v in records[-1].items()
+                if k not in ('step', 'loss', 'learning_rate')}
+      logging.info('step %d/%d | loss %.5f | lr %.3g | %s%.2f steps/s | ETA '
+                   '%s', step, config.num_train_steps, loss,
+                   records[-1]['learning_rate'],
+                   ''.join(f'{k} {v:.3f} | ' for k, v in others.items()),
                    steps_per_sec, remaining)
       if is_chief:
         writer.scalars({'train/loss': loss,
                         'train/learning_rate': records[-1]['learning_rate'],
-                        'train/eta': records[-1]['eta'],
+                        **{f'train/{k}': v for k, v in others.items()},
                         'train/steps_per_sec': steps_per_sec}, step)
         writer.flush()
     if eval_now:
-      result, samples = evaluate.evaluate(
-          eval_step, state.params, data.create_test_iterator(config),
-          config.num_eval_batches, NUM_SAMPLES, evaluate.expected_test_size(
-              config, config.eval_batch_size, config.num_eval_batches))
+      result, samples = task.evaluate(state)
       if is_chief:
-        _write_evaluation(workdir, writer, config, step, result, samples)
+        task.write_evaluation(workdir, writer, step=step, result=result,
+                              samples=samples)
     if checkpoint_now:
       checkpoints.save(manager, jax_utils.unreplicate(state))
       last_good_step = step

@@ -248,3 +248,48 @@ def test_tf_dataset_wraps_the_same_stream():
   from_tf = next(iter(moving_mnist.tf_dataset(bank, **kwargs)))
   from_numpy = next(moving_mnist.train_batches(bank, **kwargs))
   np.testing.assert_array_equal(from_tf.numpy(), from_numpy)
+
+
+def test_next_wall_labels_follow_the_rule_on_drawn_trajectories():
+  # (y, x) of digit 0 over 6 frames, the first 3 observed; digit 1 ignored.
+  cases = [
+      ([.3, .1, .2, .4, 0., .3], [.5] * 6, 0),  # top, at frame 4
+      ([.5] * 6, [.5, .6, .8, .9, 1., .9], 3),  # right
+      ([0., .1, .2, .3, .4, .5], [.5] * 6, 4),  # top bounce while observed
+      ([.5, .6, .7, .8, .9, 1.], [.9, .8, .7, .6, .5, 0.], 1),  # bottom
+      ([.2] * 6, [.3, .2, .1, 0., .1, .2], 2),  # left, at the first unseen
+      ([.1, .1, .1, 1., .1, 1.], [.1, .1, .1, 0., .1, 0.], 1),  # corner
+  ]
+  ys = np.array([[y, [1.] * 6] for y, _, _ in cases])
+  xs = np.array([[x, [1.] * 6] for _, x, _ in cases])
+  labels = moving_mnist.next_wall_labels(ys, xs, input_length=3)
+  assert labels.dtype == np.int32
+  np.testing.assert_array_equal(labels, [label for *_, label in cases])
+
+
+def test_labelled_sets_are_the_same_videos_with_wall_labels_they_show():
+  bank = np.zeros((1, 7, 7), np.uint8)
+  bank[0, 0, 0] = 255  # A single bright pixel marks the digit's corner.
+  kwargs = dict(seed=3, num_sequences=150, num_digits=1, total_length=12,
+                image_size=(16, 16))
+  chunks = list(moving_mnist.labelled_test_set(bank, input_length=4,
+                                               **kwargs))
+  frames = np.concatenate([f for f, _ in chunks])
+  labels = np.concatenate([l for _, l in chunks])
+  np.testing.assert_array_equal(
+      frames, np.concatenate(list(moving_mnist.generated_test_set(bank,
+                                                                  **kwargs))))
+  assert set(labels) == set(range(5))  # every class occurs
+  corners = np.argwhere(frames[:, 4:])  # (b, t, row, col), one per frame
+  rows = corners[:, 2].reshape(150, 8)
+  cols = corners[:, 3].reshape(150, 8)
+  edges = {0: rows == 0, 1: rows == 16 - 7, 2: cols == 0, 3: cols == 16 - 7}
+  for wall, at_wall in edges.items():  # the named wall is reached
+    assert at_wall[labels == wall].any(axis=1).all()
+  # Bottom and right are only reached by bouncing: never without a label.
+  assert not (edges[1] | edges[3])[labels == 4].any()
+  train = data_lib.create_labelled_train_iterator(
+      _config(total_length=12), num_devices=1)
+  batch = next(train)
+  assert batch['frames'].shape == (1, 4, 12, 16, 16, 1)
+  assert batch['labels'].shape == (1, 4) and batch['labels'].dtype == np.int32

@@ -9,10 +9,14 @@ Entry points used by the training loop (importable without TensorFlow):
   (B,)}; the last batch is zero-padded to B and `valid` marks its real rows.
 * `validate_data_config(config, ...)`: raises ValueError for bad settings
   before training starts.
+* `create_labelled_train_iterator` and `create_labelled_test_iterator`: the
+  same with action labels, for early action recognition ('sthsth', and
+  'moving_mnist' labelled by `moving_mnist.next_wall_labels`).
 
 Moving MNIST is pure numpy (it runs without TensorFlow); the real-video
 datasets ('kitti', 'towncentre', 'sthsth') are tf.data pipelines.
 """
+import itertools
 import os
 
 from absl import logging
@@ -230,3 +234,84 @@ def create_test_arrays(config):
   """The whole test set as float32 (N, T_test, H, W, C); small sets only."""
   batches = [b['frames'][b['valid']] for b in create_test_iterator(config)]
   return np.concatenate(batches)
+
+
+def num_label_classes(config):
+  """Classes of the dataset's action labels (ValueError if it has none)."""
+  if config.data.dataset == 'moving_mnist':
+    return len(moving_mnist.NEXT_WALL_CLASSES)
+  if config.data.dataset == 'sthsth':
+    return config.classifier.num_classes
+  raise ValueError(f'config.data.dataset={config.data.dataset!r} has no '
+                   "action labels; use 'sthsth' or 'moving_mnist'")
+
+
+def create_labelled_train_iterator(config, *, num_devices=None, start_step=0,
+                                   process_index=0, process_count=1):
+  """Endless, resumable training batches with their action labels.
+
+  Returns:
+    Iterator of {'frames': float32 (num_devices, per_device_batch, T, H, W,
+    C) in [0, 1], 'labels': int32 (num_devices, per_device_batch)}.
+  """
+  num_devices = num_devices or _local_device_count()
+  validate_data_config(config, num_devices, process_count)
+  num_label_classes(config)
+  host_batch = config.batch_size // process_count
+  data = config.data
+  if data.dataset == 'sthsth':
+    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
+    dataset = video.sthsth_dataset(
+        config, 'train', host_batch, seed=config.seed, train=True,
+        process_index=process_index, process_count=process_count,
+        start_element=start_step * host_batch)
+    return ({'frames': batch['frames'],
+             'labels': batch['label'].astype(np.int32)}
+            for batch in pipeline.as_numpy_batches(dataset, num_devices))
+  batches = moving_mnist.train_batches(
+      _digit_bank(config, 'train'), seed=config.seed, batch_size=host_batch,
+      num_digits=data.num_digits, total_length=data.total_length,
+      image_size=tuple(data.image_size), start_step=start_step,
+      process_index=process_index, input_length=data.input_length)
+  return ({k: pipeline.split_for_devices(v, num_devices)
+           for k, v in batch.items()} for batch in batches)
+
+
+def create_labelled_test_iterator(config, batch_size=None):
+  """One deterministic pass over the labelled test set.
+
+  Returns:
+    Iterator of {'frames': float32 (B, T_test, H, W, C), 'labels': int32
+    (B,), 'valid': bool (B,)}; the last batch is zero-padded as in
+    `create_test_iterator`.
+  """
+  batch_size = batch_size or config.eval_batch_size
+  validate_data_config(config, num_devices=1)
+  num_label_classes(config)
+  data = config.data
+  if data.dataset == 'sthsth':
+    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
+    dataset = video.sthsth_dataset(config, 'test', batch_size, train=False)
+    chunks = ((batch['frames'][0], batch['label'][0].astype(np.int32))
+              for batch in pipeline.as_numpy_batches(dataset, 1))
+  else:
+    if data.test_set != 'generated':
+      raise ValueError(
+          f'config.data.test_set={data.test_set!r}: labelled Moving MNIST '
+          "needs the digits' trajectories; use test_set='generated'")
+    chunks = ((moving_mnist.to_float(frames), labels)
+              for frames, labels in moving_mnist.labelled_test_set(
+                  _digit_bank(config, 'heldout'),
+                  seed=data.get('test_seed', 1234),
+                  num_sequences=data.num_test_sequences,
+                  num_digits=data.num_digits,
+                  total_length=eval_total_length(config),
+                  image_size=tuple(data.image_size),
+                  input_length=data.input_length))
+  frame_chunks, label_chunks = itertools.tee(chunks)
+  return ({'frames': frames, 'labels': labels, 'valid': valid}
+          for (frames, valid), (labels, _) in zip(
+              pipeline.padded_batches((f for f, _ in frame_chunks),
+                                      batch_size),
+              pipeline.padded_batches((l for _, l in label_chunks),
+                                      batch_size)))

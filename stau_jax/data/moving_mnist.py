@@ -12,7 +12,12 @@ Everything is batched numpy, so it runs where TensorFlow is not installed;
 `tf_dataset` wraps the same generator in tf.data when TensorFlow is present.
 Training batch `k` is a pure function of (seed, process_index, k), which makes
 the stream resumable from any step.
+
+Labelled sequences for early action recognition (`next_wall_labels`): the
+label of a sequence is the wall its first digit bounces off next after the
+observed frames, something only the unseen frames show.
 """
+import functools
 import queue
 import threading
 
@@ -20,6 +25,8 @@ import numpy as np
 
 STEP_LENGTH = 0.1
 TEST_CHUNK = 100  # Sequences drawn per seed in the generated test set.
+# Classes of `next_wall_labels`, in label order.
+NEXT_WALL_CLASSES = ('top', 'bottom', 'left', 'right', 'none')
 
 
 def digit_size_for(image_size):
@@ -100,6 +107,19 @@ def generate(rng, digit_bank, batch_size, num_digits, total_length,
   Returns:
     uint8 (B, T, H, W) frames (divide by 255 for [0, 1]).
   """
+  return generate_with_positions(rng, digit_bank, batch_size, num_digits,
+                                 total_length, image_size)[0]
+
+
+def generate_with_positions(rng, digit_bank, batch_size, num_digits,
+                            total_length, image_size=(64, 64)):
+  """`generate`'s frames and the trajectories they were drawn from.
+
+  Returns:
+    (frames uint8 (B, T, H, W), (ys, xs)): the `trajectories` of the digits,
+    float64 (B, D, T) fractions of the free canvas (0: top or left wall, 1:
+    bottom or right wall).
+  """
   size = digit_bank.shape[-1]
   height, width = image_size
   if size > min(height, width):
@@ -108,7 +128,42 @@ def generate(rng, digit_bank, batch_size, num_digits, total_length,
   ys, xs = trajectories(rng, (batch_size, num_digits), total_length)
   tops = (ys * (height - size)).astype(np.int64)
   lefts = (xs * (width - size)).astype(np.int64)
-  return render(digit_bank[choice], tops, lefts, image_size)
+  return render(digit_bank[choice], tops, lefts, image_size), (ys, xs)
+
+
+def next_wall_labels(ys, xs, input_length):
+  """The wall the first digit bounces off next, after the observed frames.
+
+  The labelling rule of the early action recognition demo: look at digit 0
+  in the unseen frames t = input_length .. T-1, find the first frame where
+  it touches a wall (its trajectory is exactly 0 or 1, which is where the
+  generator reverses its velocity) and name that wall: 0 top (y = 0),
+  1 bottom (y = 1), 2 left (x = 0), 3 right (x = 1); in a corner the first
+  of this order. 4 ('none') when it touches no wall in those frames. See
+  NEXT_WALL_CLASSES.
+
+  Args:
+    ys, xs: float (B, D, T) trajectories (`generate_with_positions`).
+    input_length: observed frames.
+
+  Returns:
+    int32 (B,) labels in [0, 5).
+  """
+  y, x = ys[:, 0, input_length:], xs[:, 0, input_length:]
+  hits = np.stack([y == 0, y == 1, x == 0, x == 1], axis=-1)  # (B, T', 4)
+  any_hit = hits.any(axis=-1)
+  first = np.argmax(any_hit, axis=-1)  # first frame with a hit
+  wall = np.argmax(hits[np.arange(len(y)), first], axis=-1)
+  return np.where(any_hit.any(axis=-1), wall,
+                  len(NEXT_WALL_CLASSES) - 1).astype(np.int32)
+
+
+def generate_labelled(rng, digit_bank, batch_size, num_digits, total_length,
+                      image_size, input_length):
+  """uint8 frames (B, T, H, W) and their int32 `next_wall_labels` (B,)."""
+  frames, (ys, xs) = generate_with_positions(
+      rng, digit_bank, batch_size, num_digits, total_length, image_size)
+  return frames, next_wall_labels(ys, xs, input_length)
 
 
 def to_float(frames):
@@ -125,15 +180,30 @@ def train_batch(digit_bank, step, *, seed, process_index, batch_size,
                            total_length, image_size))
 
 
+def labelled_train_batch(digit_bank, step, *, seed, process_index,
+                         batch_size, num_digits, total_length, image_size,
+                         input_length):
+  """`train_batch`'s sequences with labels: {'frames': float32 (B, T, H, W,
+  1), 'labels': int32 (B,)} (`generate_labelled`)."""
+  rng = np.random.default_rng([seed, process_index, step])
+  frames, labels = generate_labelled(rng, digit_bank, batch_size, num_digits,
+                                     total_length, image_size, input_length)
+  return {'frames': to_float(frames), 'labels': labels}
+
+
 def train_batches(digit_bank, *, seed, batch_size, num_digits, total_length,
-                  image_size, start_step=0, process_index=0, prefetch=2):
+                  image_size, start_step=0, process_index=0, prefetch=2,
+                  input_length=None):
   """Endless iterator of training batches float32 (B, T, H, W, 1).
 
   Batches are made `prefetch` ahead on a background thread (numpy releases
-  the GIL in its kernels, so this overlaps with the training step).
+  the GIL in its kernels, so this overlaps with the training step). With
+  `input_length`, the batches are `labelled_train_batch`es instead.
   """
   def make(step):
-    return train_batch(
+    make_batch = (train_batch if input_length is None else functools.partial(
+        labelled_train_batch, input_length=input_length))
+    return make_batch(
         digit_bank, step, seed=seed, process_index=process_index,
         batch_size=batch_size, num_digits=num_digits,
         total_length=total_length, image_size=image_size)
@@ -208,6 +278,17 @@ def generated_test_set(digit_bank, *, seed, num_sequences, num_digits,
     count = min(TEST_CHUNK, num_sequences - start)
     rng = np.random.default_rng([seed, chunk])
     yield generate(rng, digit_bank, count, num_digits, total_length, image_size)
+
+
+def labelled_test_set(digit_bank, *, seed, num_sequences, num_digits,
+                      total_length, image_size, input_length):
+  """Yields `generated_test_set`'s chunks with labels: (uint8 (n, T, H, W),
+  int32 (n,)) (`generate_labelled`)."""
+  for chunk, start in enumerate(range(0, num_sequences, TEST_CHUNK)):
+    count = min(TEST_CHUNK, num_sequences - start)
+    rng = np.random.default_rng([seed, chunk])
+    yield generate_labelled(rng, digit_bank, count, num_digits, total_length,
+                            image_size, input_length)
 
 
 def load_official_npy(path):

@@ -583,12 +583,17 @@ def create_test_iterator(config, batch_size, *, patch_size=1):
           for batch, valid in pipeline.padded_batches(chunks, batch_size))
 
 
-def sthsth_dataset(config, split, batch_size, *, seed=0, train=True):
+def sthsth_dataset(config, split, batch_size, *, seed=0, train=True,
+                   process_index=0, process_count=1, start_element=0):
   """Something-Something v2 as a tf.data.Dataset of {'frames', 'label'}.
 
   For the early action recognition task: frames float32 (B, T, H, W, 3),
-  label int64 (B,).
+  label int64 (B,). process_index, process_count and start_element as in
+  `build_dataset`.
   """
   frames, windows, labels = _sthsth_split(config, split)
   return build_dataset(frames, windows, config, batch_size=batch_size,
-                       seed=seed, train=train, labels=labels)
+                       seed=seed, train=train, labels=labels,
+                       process_index=process_index,
+                       process_count=process_count,
+                       start_element=start_element)
