@@ -8,9 +8,9 @@ from stau_jax import models
 
 def test_compare_measures_each_unit_in_the_same_encoder_decoder():
   config = tiny.get_config()
-  results = compare_units.compare(config, ['stau', 'convlstm'], samples=10,
+  results = compare_units.compare(config, ['convlstm', 'predrnn'], samples=10,
                                   steps=1)
-  assert list(results) == ['stau', 'convlstm']
+  assert list(results) == ['convlstm', 'predrnn']
   for cell, stats in results.items():
     unit_config = tiny.get_config()
     unit_config.model.cell = cell
@@ -20,10 +20,10 @@ def test_compare_measures_each_unit_in_the_same_encoder_decoder():
     # 10 samples at batch 4: three forward batches.
     assert stats['inference_s'] == pytest.approx(3 * stats['forward_s'],
                                                  abs=0.011)
-  assert results['stau']['params'] != results['convlstm']['params']
+  assert results['predrnn']['params'] != results['convlstm']['params']
   table = compare_units.format_table(results)
-  assert table.splitlines()[1].startswith('stau')
-  assert '27.1' in table  # the paper's STAU MSE beside ours
+  assert table.splitlines()[1].startswith('convlstm')
+  assert '102.1' in table  # the paper's ConvLSTM MSE beside ours
 
 
 def test_unknown_unit_is_refused_before_any_work():

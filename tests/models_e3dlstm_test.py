@@ -32,13 +32,14 @@ def _frames(config, batch=2):
       batch, config.data.total_length, height, width, config.data.channels))
 
 
-def test_stau_front_end_passes_the_window_of_each_layer_up():
+def test_stau_front_end_passes_the_window_of_each_layer_up(fast_compile):
   config = _tiny_config()
   model = models.create_model(config)
   frames = _frames(config)
   params = models.init_params(model, config, jax.random.PRNGKey(0))
-  predictions, hidden = model.apply({'params': params}, frames,
-                                    return_hidden=True)
+  predictions, hidden = jax.jit(
+      lambda p, f: model.apply({'params': p}, f, return_hidden=True))(
+          params, frames)
   assert predictions.shape == frames[:, 1:].shape
   # (B, T-1, L, h, w, D*C): tiny's 16x16 frames, one downsampling.
   assert hidden.shape == (2, 7, 2, 8, 8, e3dlstm.WINDOW * 8)

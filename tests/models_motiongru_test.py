@@ -38,7 +38,8 @@ def test_warp_samples_bilinearly_with_zeros_outside():
       sample(image, rows, cols), atol=1e-6)
 
 
-def test_gates_learn_from_the_default_init_with_the_stau_frontend():
+def test_gates_learn_from_the_default_init_with_the_stau_frontend(
+    fast_compile):
   config = tiny.get_config()
   config.model.cell = 'motiongru'
   model = models.create_model(config)
@@ -50,7 +51,7 @@ def test_gates_learn_from_the_default_init_with_the_stau_frontend():
   def loss(p):
     return jnp.mean((model.apply({'params': p}, frames) - frames[:, 1:])**2)
 
-  grads = jax.grad(loss)(params)['unroll']['cell_0']['motion']
+  grads = jax.jit(jax.grad(loss))(params)['unroll']['cell_0']['motion']
   for gate in ('update', 'reset', 'output'):
     assert float(jnp.abs(grads[gate]['kernel']).max()) > 0, gate
 

@@ -145,7 +145,8 @@ def test_mask_mixes_per_sequence(tiny_model):
 
 @pytest.mark.parametrize('cell', models.CELLS)
 @pytest.mark.parametrize('frontend', ['stau', 'patch'])
-def test_gradients_are_finite_and_reach_every_parameter(cell, frontend):
+def test_gradients_are_finite_and_reach_every_parameter(cell, frontend,
+                                                       fast_compile):
   overrides = dict(cell=cell, frontend=frontend)
   if frontend == 'patch':
     if cell in models.stau.CELLS:
@@ -161,14 +162,14 @@ def test_gradients_are_finite_and_reach_every_parameter(cell, frontend):
         model, p, frames)
     return jnp.mean((predictions - frames[:, 1:])**2) + auxiliary_loss
 
-  grads = jax.grad(loss)(params)
+  grads = jax.jit(jax.grad(loss))(params)
   for path, grad in jax.tree_util.tree_flatten_with_path(grads)[0]:
     assert np.all(np.isfinite(grad)), path
     assert float(jnp.abs(grad).max()) > 0, path
 
 
 @pytest.mark.parametrize('layer_loop', ['scan', 'unrolled'])
-def test_rematerialized_cells_give_the_same_gradients(layer_loop):
+def test_rematerialized_cells_give_the_same_gradients(layer_loop, fast_compile):
   config = _config(residual=True, layer_loop=layer_loop)
   params = _perturbed_params(config)
   frames, mask = _frames(config), _future_mask(config)
