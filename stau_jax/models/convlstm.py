@@ -45,9 +45,7 @@ class ConvLSTMLayer(nn.Module):
   def __call__(self, inputs, flow, state, step, layer):
     del step, layer
     hidden, cell = state
-    conv = functools.partial(unit.ConvNorm, filter_size=self.filter_size,
-                             conv=self.conv, norm=self.norm, use_bias=False,
-                             layer_norm=self.layer_norm)
+    conv = unit.bias_free_conv_norm(self)
     gates = (conv(4 * self.num_hidden, name='conv_x')(inputs)
              + conv(4 * self.num_hidden, name='conv_h')(hidden))
     i, f, g, o = jnp.split(gates, 4, axis=-1)

@@ -57,13 +57,6 @@ FORGET_BIAS = 1.0
 UNUSED_TORCH_KEYS = r'stlstm_layer_diff\.\d+\.conv_last\.'
 
 
-def _conv_norm(module):
-  """The bias-free ConvNorm factory of a MIM module."""
-  return functools.partial(unit.ConvNorm, filter_size=module.filter_size,
-                           conv=module.conv, norm=module.norm, use_bias=False,
-                           layer_norm=module.layer_norm)
-
-
 class MIMS(nn.Module):
   """The MIMS/MIMN LSTM: (x, h, n) -> (h', n'), each (B, h, w, C)."""
   num_hidden: int
@@ -75,7 +68,7 @@ class MIMS(nn.Module):
   @nn.compact
   def __call__(self, inputs, hidden, cell):
     c = self.num_hidden
-    conv = _conv_norm(self)
+    conv = unit.bias_free_conv_norm(self)
 
     def peephole(name, channels):
       """Elementwise weights (h, w, channels), zero at init as OpenSTL's."""
@@ -155,7 +148,7 @@ class MIMLayer(nn.Module):
     diff_hidden = jnp.where(started, new_diff_hidden, diff_hidden)
     diff_cell = jnp.where(started, new_diff_cell, diff_cell)
 
-    conv = _conv_norm(self)
+    conv = unit.bias_free_conv_norm(self)
     i_x, g_x, f_x, o_x = jnp.split(conv(4 * c, name='conv_x_cc')(inputs), 4,
                                    axis=-1)
     i_t, g_t, o_t = jnp.split(conv(3 * c, name='conv_t_cc')(hidden), 3,

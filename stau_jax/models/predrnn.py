@@ -41,9 +41,7 @@ class SpatioTemporalLSTMCell(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, hidden, cell, memory, highway=None):
-    conv = functools.partial(unit.ConvNorm, filter_size=self.filter_size,
-                             conv=self.conv, norm=self.norm, use_bias=False,
-                             layer_norm=self.layer_norm)
+    conv = unit.bias_free_conv_norm(self)
     c = self.num_hidden
     i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = jnp.split(
         conv(7 * c, name='conv_x')(inputs), 7, axis=-1)

@@ -52,13 +52,6 @@ GHU_INIT_SCALE = 0.001
 UNUSED_TORCH_KEYS = r'cell_list\.\d+\.conv_o\.'
 
 
-def _conv_norm(module, conv=None):
-  """unit.ConvNorm with `module`'s filter size, factories and layer_norm."""
-  return functools.partial(unit.ConvNorm, filter_size=module.filter_size,
-                           conv=conv or module.conv, norm=module.norm,
-                           use_bias=False, layer_norm=module.layer_norm)
-
-
 class CausalLSTMCell(nn.Module):
   """Causal LSTM update: (x, h, c, M) -> (h', c', M')."""
   num_hidden: int
@@ -69,7 +62,7 @@ class CausalLSTMCell(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, hidden, cell, memory):
-    conv = _conv_norm(self)
+    conv = unit.bias_free_conv_norm(self)
     c = self.num_hidden
     i_x, f_x, g_x, i_xm, f_xm, g_xm, o_x = jnp.split(
         conv(7 * c, name='conv_x')(inputs), 7, axis=-1)
@@ -106,7 +99,7 @@ class GradientHighwayUnit(nn.Module):
 
   @nn.compact
   def __call__(self, inputs, highway):
-    conv = _conv_norm(self, functools.partial(self.conv,
+    conv = unit.bias_free_conv_norm(self, functools.partial(self.conv,
                                               kernel_init=_ghu_kernel_init))
     gates = (conv(2 * self.num_hidden, name='x_concat')(inputs)
              + conv(2 * self.num_hidden, name='z_concat')(highway))

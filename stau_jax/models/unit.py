@@ -45,6 +45,7 @@ and the predictor applies the loss module, whose parameters are shared by
 all layers (e.g. one adapter conv), to the stack. Layers sow only while
 AUXILIARY is mutable (training and init), so inference pays nothing.
 """
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -105,6 +106,15 @@ class ConvNorm(nn.Module):
     x = self.conv(self.features, (self.filter_size, self.filter_size),
                   padding='SAME', use_bias=self.use_bias, name='conv')(x)
     return self.norm(name='norm')(x) if self.layer_norm else x
+
+
+def bias_free_conv_norm(module, conv=None):
+  """The PredRNN family's ConvNorm factory for `module`: bias-free, with the
+  module's filter_size, norm factory and layer_norm, and its `conv` factory
+  unless another is given."""
+  return functools.partial(ConvNorm, filter_size=module.filter_size,
+                           conv=conv or module.conv, norm=module.norm,
+                           use_bias=False, layer_norm=module.layer_norm)
 
 
 def zeros(batch, height, width, channels, dtype):
