@@ -39,8 +39,8 @@ from PIL import ImageDraw
 from stau_jax import cli
 from stau_jax import export
 from stau_jax import metrics
+from stau_jax import pictures
 from stau_jax import predict
-from stau_jax import visualize
 
 DETECTORS = ('opencv_hog', 'onnx')
 MATCH_IOU = 0.5  # a truth detection is matched by a prediction box this close
@@ -280,7 +280,7 @@ def create_detector(name, weights='', scale=1.0, person_class=0):
 
 def to_rgb(frames):
   """Frames (..., H, W, 1 or 3) in [0, 1] -> uint8 (..., H, W, 3)."""
-  frames = visualize.to_uint8(frames)
+  frames = pictures.to_uint8(frames)
   return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
 
 
@@ -358,7 +358,7 @@ def detection_strip(inputs, truth, prediction, truth_detections,
     scale: frames are resized by this factor (boxes with them).
 
   Returns:
-    uint8 RGB image (`visualize.sequence_strip` layout).
+    uint8 RGB image (`pictures.sequence_strip` layout).
   """
   def boxed(frames, detections):
     return np.stack([
@@ -368,7 +368,7 @@ def detection_strip(inputs, truth, prediction, truth_detections,
 
   inputs = np.stack([resize(frame, scale) for frame in to_rgb(inputs)])
   truth = boxed(truth, truth_detections)
-  return visualize.sequence_strip(
+  return pictures.sequence_strip(
       np.concatenate([inputs, truth]) / 255,
       boxed(prediction, predicted_detections) / 255, len(inputs))
 
@@ -471,7 +471,7 @@ def main(argv):
   picture = FLAGS.picture or os.path.splitext(FLAGS.output)[0] + '.png'
   frames, i = detected['frames'][FLAGS.index], FLAGS.index
   input_length = config.data.input_length
-  visualize.save_png(picture, detection_strip(
+  pictures.save_png(picture, detection_strip(
       frames[:input_length], frames[input_length:], detected['predictions'][i],
       detected['truth_detections'][i], detected['predicted_detections'][i],
       FLAGS.threshold, scale))

@@ -224,3 +224,25 @@ def replicate(tree):
   stacked = jax.tree_util.tree_map(
       lambda x: np.broadcast_to(x, (num_devices,) + np.shape(x)), tree)
   return jax.pmap(lambda x: x, axis_name='batch')(stacked)
+
+
+def host_shard(batch):
+  """This host's rows of a global batch, split over its devices, for pmap.
+
+  batch: pytree of arrays (B, ...) that every host holds whole (evaluation
+  batches). Returns the same tree of (local devices, B // all devices, ...):
+  host i takes rows [i B / hosts, (i + 1) B / hosts). Raises ValueError when
+  B does not split over all devices of all hosts.
+  """
+  num_devices, process_count = jax.local_device_count(), jax.process_count()
+  size = len(jax.tree_util.tree_leaves(batch)[0])
+  if size % (num_devices * process_count):
+    raise ValueError(
+        f'Evaluation batch size {size} is not divisible by the '
+        f'{num_devices * process_count} devices of all hosts; use a multiple '
+        'of it.')
+  host_size = size // process_count
+  start = jax.process_index() * host_size
+  return jax.tree_util.tree_map(
+      lambda x: x[start:start + host_size].reshape(
+          (num_devices, -1) + x.shape[1:]), batch)

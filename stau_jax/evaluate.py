@@ -155,8 +155,6 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
     C), 'predictions': (n, T - input_length, H, W, C)} numpy arrays of this
     host's first n <= num_samples sequences.
   """
-  num_devices = jax.local_device_count()
-  process_count = jax.process_count()
   sums, features, samples = None, None, None
   start = last_progress = time.time()
   total = num_batches if num_batches > 0 else None
@@ -173,15 +171,7 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
                    index, total or '?', len(frames), rate,
                    summaries.format_duration((total - index) / rate)
                    if total else '?')
-    host_size = len(frames) // process_count
-    if host_size * process_count != len(frames) or host_size % num_devices:
-      raise ValueError(
-          f'Evaluation batch size {len(frames)} is not divisible by the '
-          f'{num_devices * process_count} devices; use a multiple of it.')
-    rows = slice(jax.process_index() * host_size,
-                 (jax.process_index() + 1) * host_size)
-    frames = frames[rows].reshape((num_devices, -1) + frames.shape[1:])
-    valid = valid[rows].reshape(num_devices, -1)
+    frames, valid = distributed.host_shard((frames, valid))
     batch_sums, (batch_features, all_valid), predictions = eval_step(
         params, frames, valid)
     sums = batch_sums if sums is None else metrics.merge_sums(sums, batch_sums)
@@ -213,10 +203,6 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   if not (num_batches == -1 or num_batches >= 1):
     raise ValueError(f'num_eval_batches must be a positive integer, or -1 for '
                      f'the whole test set; got {num_batches!r}.')
-  num_devices = jax.local_device_count()
-  if batch_size % num_devices:
-    raise ValueError(f'Batch size {batch_size} is not divisible by the '
-                     f'{num_devices} local devices.')
   validate_eval_config(config)
   eval_step = make_eval_step(models.create_model(config), config, baseline)
   replicated = distributed.replicate(params)

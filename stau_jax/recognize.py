@@ -194,19 +194,9 @@ def evaluate(p_eval_step, params, predictor_params, batches, has_predictions):
   Returns {'count', 'top1', 'top5', 'psnr'} (accuracies in [0, 1]; psnr in
   dB, None without a predictor).
   """
-  num_devices = jax.local_device_count()
-  process_count, process_index = jax.process_count(), jax.process_index()
   totals = None
   for batch in batches:
-    host_size = len(batch['labels']) // process_count
-    if host_size * process_count != len(batch['labels']) or (
-        host_size % num_devices):
-      raise ValueError(f'Evaluation batch size {len(batch["labels"])} is not '
-                       f'divisible by the {num_devices * process_count} '
-                       'devices; use a multiple of it.')
-    rows = slice(process_index * host_size, (process_index + 1) * host_size)
-    shard = {k: v[rows].reshape((num_devices, -1) + v.shape[1:])
-             for k, v in batch.items()}
+    shard = distributed.host_shard(batch)
     sums = jax.device_get(p_eval_step(params, predictor_params,
                                       shard['frames'], shard['labels'],
                                       shard['valid']))
@@ -221,19 +211,15 @@ def evaluate(p_eval_step, params, predictor_params, batches, has_predictions):
           'psnr': totals['psnr'] / count if has_predictions else None}
 
 
-def write_evaluation(workdir, writer, step, result, samples=None):
+def write_evaluation(writer, step, result, samples=None):
   """Logs one evaluation and writes eval/step_<N>.json and TensorBoard."""
   del samples  # recognition draws no sample strips
   psnr = result['psnr']
   logging.info('Evaluation at step %d on %d test clips: top-1 %.4f, top-5 '
                '%.4f, PSNR %s.', step, result['count'], result['top1'],
                result['top5'], 'n/a' if psnr is None else f'{psnr:.2f} dB')
-  os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
-  with open(os.path.join(workdir, 'eval', f'step_{step:06d}.json'), 'w') as f:
-    json.dump({'step': step, **result}, f, indent=2)
-  writer.scalars({f'eval/{k}': v for k, v in result.items()
-                  if k != 'count' and v is not None}, step)
-  writer.flush()
+  writer.write_evaluation(step, result, {
+      k: v for k, v in result.items() if k != 'count' and v is not None})
 
 
 def recognition_task(config, predictor_params=None):

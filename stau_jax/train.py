@@ -8,7 +8,8 @@ trains any `Task` (its state, pmapped steps, batches and evaluation): video
 prediction here (`prediction_task`), early action recognition in
 recognize.py.
 
-Workdir layout:
+Workdir layout (the run's log, from train_losses.jsonl on, is written by
+`summaries.SummaryWriter`):
   config.json            the config of the run (checked on resume)
   lock                   host and pid of the process training here
   checkpoints/<step>/    orbax checkpoints, the last config.keep_checkpoints
@@ -20,8 +21,6 @@ Workdir layout:
 """
 import contextlib
 import functools
-import json
-import os
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -41,9 +40,7 @@ from stau_jax import metrics
 from stau_jax import models
 from stau_jax import sampling
 from stau_jax import summaries
-from stau_jax import visualize
 
-LOSSES_FILE = 'train_losses.jsonl'
 NUM_SAMPLES = 4  # test sequences drawn as PNG strips and GIFs per evaluation
 FIRST_STEPS_LOGGED = 2  # progress lines also for a run's first steps
 
@@ -197,73 +194,6 @@ def validate_config(config, num_devices, process_count):
                      f'and {config.lr_decay_rate}.')
 
 
-def read_losses(workdir):
-  """The per-step records of WORKDIR/train_losses.jsonl, in order.
-
-  A torn last line (power loss, full disk) is dropped with a warning; any
-  other unreadable line is a CheckpointError naming the file and line.
-  """
-  path = os.path.join(workdir, LOSSES_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path, 'rb') as f:
-    text = f.read().decode('utf-8', errors='replace')
-  lines = text.split('\n')
-  records = []
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except ValueError:
-      record = None
-    if isinstance(record, dict) and isinstance(record.get('step'), int):
-      records.append(record)
-    elif number == len(lines):  # no newline after it: an interrupted write
-      logging.warning('Dropping the incomplete last line of %s (the run that '
-                      'wrote it was interrupted): %r', path, line[:80])
-    else:
-      raise checkpoints.CheckpointError(
-          f'Line {number} is not a loss record: {line[:80]!r}', path,
-          'delete that line, or the file to lose the loss history')
-  return records
-
-
-def _truncate_losses(workdir, step):
-  """Drops records after `step`: a killed run wrote them past its checkpoint."""
-  records = [r for r in read_losses(workdir) if r['step'] <= step]
-  path = os.path.join(workdir, LOSSES_FILE)
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(json.dumps(r) + '\n' for r in records)
-  os.replace(path + '.tmp', path)
-
-
-def _write_evaluation(workdir, writer, config, step, result, samples):
-  """Logs and writes one evaluation: table, JSON, TensorBoard, PNG and GIFs."""
-  table = metrics.format_table(result)
-  logging.info('Evaluation at step %d on %d test sequences:\n%s', step,
-               result['count'], table)
-  os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
-  name = os.path.join(workdir, 'eval', f'step_{step:06d}')
-  with open(name + '.json', 'w') as f:
-    json.dump({'step': step, **result}, f, indent=2)
-  with open(name + '.txt', 'w') as f:
-    f.write(table + '\n')
-  writer.scalars({f'eval/{k}': v for k, v in result['mean'].items()}, step)
-  if samples and len(samples['frames']):
-    strip = visualize.samples_strip(samples['frames'], samples['predictions'],
-                                    config.data.input_length)
-    os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
-    prefix = os.path.join(workdir, 'samples', f'step_{step:06d}')
-    visualize.save_png(prefix + '.png', strip)
-    writer.image('samples', strip, step)
-    for i, (frames, predictions) in enumerate(
-        zip(samples['frames'], samples['predictions'])):
-      visualize.save_gif(f'{prefix}_{i}.gif', frames, predictions,
-                         config.data.input_length)
-  writer.flush()
-
-
 class Task(NamedTuple):
   """What `fit` trains and how it evaluates it; see `prediction_task`.
 
@@ -274,7 +204,8 @@ class Task(NamedTuple):
     finiteness of the state after an update (see `check_step`).
   train_batches: start_step -> endless iterator of device batches.
   evaluate: replicated state -> (result, samples); every host calls it.
-  write_evaluation: (workdir, writer, step, result, samples), on the chief.
+  write_evaluation: (writer, step, result, samples): logs and writes one
+    evaluation with the `summaries.SummaryWriter`; every host calls it.
   description: one line logged at the start (model and parameter count).
   """
   state: TrainState
@@ -305,11 +236,18 @@ def prediction_task(config):
         config.num_eval_batches, NUM_SAMPLES, evaluate.expected_test_size(
             config, config.eval_batch_size, config.num_eval_batches))
 
+  def write_evaluation(writer, step, result, samples):
+    writer.write_evaluation(step, result, result['mean'],
+                            metrics.format_table(result))
+    if samples:
+      writer.write_samples(step, samples['frames'], samples['predictions'],
+                           config.data.input_length)
+
   return Task(
       state=state, train_step=make_train_step(model, optimizer, config),
       check_step=make_check_step(model, config), train_batches=train_batches,
       evaluate=evaluate_state,
-      write_evaluation=functools.partial(_write_evaluation, config=config),
+      write_evaluation=write_evaluation,
       description=(f'Model: {config.model.cell} cell, '
                    f'{models.count_params(state.params)} parameters; '
                    f'{compute_dtype.__name__} compute.'))
@@ -368,7 +306,6 @@ def _fit(config, workdir, task):
   """`fit` holding the lock."""
   num_devices = jax.local_device_count()
   process_index, process_count = jax.process_index(), jax.process_count()
-  is_chief = process_index == 0
   logging.info('Training on %d devices (%d local) in %d process(es); '
                'workdir %s.', jax.device_count(), num_devices, process_count,
                workdir)
@@ -376,17 +313,16 @@ def _fit(config, workdir, task):
   manager = checkpoints.create_manager(workdir, config)
   state = checkpoints.restore_or_keep(manager, task.state, config, workdir)
   initial_step = int(state.step)
-  if is_chief:
-    if initial_step:
-      logging.info('Resuming from the checkpoint of step %d.', initial_step)
-      for name, started, current in checkpoints.changed_fields(
-          checkpoints.read_config(workdir), config):
-        logging.info('Resuming with config.%s = %s (the run started with '
-                     '%s).', name, current, started)
-    else:
-      checkpoints.write_config(workdir, config)
-    _truncate_losses(workdir, initial_step)
-    writer = summaries.SummaryWriter(workdir)
+  if initial_step:
+    logging.info('Resuming from the checkpoint of step %d.', initial_step)
+    for name, started, current in checkpoints.changed_fields(
+        checkpoints.read_config(workdir), config):
+      logging.info('Resuming with config.%s = %s (the run started with %s).',
+                   name, current, started)
+  elif process_index == 0:
+    checkpoints.write_config(workdir, config)
+  writer = summaries.create_default_writer(workdir)
+  writer.truncate_losses(initial_step)
   logging.info('%s', task.description)
 
   train_iter = task.train_batches(initial_step)
@@ -430,9 +366,7 @@ def _fit(config, workdir, task):
                 f'a loss of {check["loss"][0]}')
         raise _diverged(f'The parameters after step {step} give {what}',
                         workdir, last_good_step)
-    if is_chief:
-      with open(os.path.join(workdir, LOSSES_FILE), 'a') as f:
-        f.writelines(json.dumps(r) + '\n' for r in records)
+    writer.write_losses(records)
     if log_now:
       last_progress = time.time()
       steps_per_sec = ((step - timer_step) / (time.time() - timer_start)
@@ -448,23 +382,19 @@ def _fit(config, workdir, task):
                    records[-1]['learning_rate'],
                    ''.join(f'{k} {v:.3f} | ' for k, v in others.items()),
                    steps_per_sec, remaining)
-      if is_chief:
-        writer.scalars({'train/loss': loss,
-                        'train/learning_rate': records[-1]['learning_rate'],
-                        **{f'train/{k}': v for k, v in others.items()},
-                        'train/steps_per_sec': steps_per_sec}, step)
-        writer.flush()
+      writer.scalars({'train/loss': loss,
+                      'train/learning_rate': records[-1]['learning_rate'],
+                      **{f'train/{k}': v for k, v in others.items()},
+                      'train/steps_per_sec': steps_per_sec}, step)
+      writer.flush()
     if eval_now:
       result, samples = task.evaluate(state)
-      if is_chief:
-        task.write_evaluation(workdir, writer, step=step, result=result,
-                              samples=samples)
+      task.write_evaluation(writer, step, result, samples)
     if checkpoint_now:
       checkpoints.save(manager, jax_utils.unreplicate(state))
       last_good_step = step
     timer_step, timer_start = step, time.time()
 
   manager.wait_until_finished()
-  if is_chief:
-    writer.close()
+  writer.close()
   return jax.device_get(jax_utils.unreplicate(state))

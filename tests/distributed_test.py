@@ -70,3 +70,18 @@ def test_replicate_puts_a_copy_on_every_local_device():
   for copy in replicated['w']:
     np.testing.assert_array_equal(copy, tree['w'])
   np.testing.assert_array_equal(replicated['step'], 5)
+
+
+def test_host_shard_takes_this_hosts_rows_split_over_its_devices(monkeypatch):
+  monkeypatch.setattr(jax, 'local_device_count', lambda: 2)
+  monkeypatch.setattr(jax, 'process_count', lambda: 3)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  frames = np.arange(12 * 2).reshape(12, 2)
+  shard = distributed.host_shard({'frames': frames, 'valid': frames[:, 0] > 9})
+  np.testing.assert_array_equal(shard['frames'],
+                                frames[4:8].reshape(2, 2, 2))
+  np.testing.assert_array_equal(shard['valid'], [[False, True],
+                                                 [True, True]])
+  with pytest.raises(ValueError, match=r'batch size 9 is not divisible by the '
+                     r'6 devices of all hosts; use a multiple of it'):
+    distributed.host_shard(frames[:9])

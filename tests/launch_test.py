@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stau_jax import train
+from stau_jax import summaries
 from tests import multihost_test
 from tests import runs
 
@@ -60,7 +60,7 @@ def test_multihost_script_as_two_local_processes(tmp_path):
   assert _losses(logs[0]) == _losses(logs[1])
   # A progress line for the first step, then every log_every_steps.
   assert [s for s, _ in _losses(logs[0])] == ['1', '2', '4']
-  assert [r['step'] for r in train.read_losses(workdir)] == [1, 2, 3, 4]
+  assert [r['step'] for r in summaries.read_losses(workdir)] == [1, 2, 3, 4]
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['4']
 
 
@@ -72,7 +72,7 @@ def test_gpu_single_script_trains_on_the_cpu(tmp_path):
   assert process.returncode == 0, stderr[-5000:]
   assert 'step 4/4 | loss' in stderr
   assert 'Evaluation at step 4' in stderr
-  assert [r['step'] for r in train.read_losses(workdir)] == [1, 2, 3, 4]
+  assert [r['step'] for r in summaries.read_losses(workdir)] == [1, 2, 3, 4]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from stau_jax import summaries
 from stau_jax import train
 from tests import runs
 
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 from configs import tiny
 from stau_jax import distributed
+from stau_jax import summaries
 from stau_jax import train
 assert distributed.initialize_from_environment()
 config = tiny.get_config()
@@ -52,7 +54,7 @@ def test_two_processes_end_with_identical_parameters(tmp_path):
   assert set(first) == set(second)
   for name in first:
     np.testing.assert_array_equal(first[name], second[name], err_msg=name)
-  assert [r['step'] for r in train.read_losses(workdir)] == list(range(1, 7))
+  assert [r['step'] for r in summaries.read_losses(workdir)] == list(range(1, 7))
 
 
 def test_a_missing_process_is_named_after_the_timeout(tmp_path):

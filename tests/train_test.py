@@ -85,7 +85,7 @@ def test_learning_rate_schedule_matches_reference(get_config):
 def test_training_writes_losses_checkpoints_and_metrics(tiny_run):
   config, workdir, state = tiny_run
   assert int(state.step) == STEPS
-  records = train.read_losses(workdir)
+  records = summaries.read_losses(workdir)
   assert [r['step'] for r in records] == list(range(1, STEPS + 1))
   losses = [r['loss'] for r in records]
   assert np.all(np.isfinite(losses)) and np.mean(losses[-3:]) < losses[0]
@@ -138,23 +138,6 @@ def test_tensorboard_summaries(tiny_run):
   assert image.encoded_image_string.startswith(b'\x89PNG')
 
 
-def test_evaluation_files_carry_perceptual_metrics(tmp_path):
-  """A set-level metric (FVD) reaches the JSON, the table and TensorBoard."""
-  result = {'per_frame': {'mse': [1.0, 3.0], 'lpips': [0.1, 0.3]},
-            'mean': {'mse': 2.0, 'lpips': 0.2, 'fvd': 123.5}, 'count': 16}
-  writer = summaries.SummaryWriter(str(tmp_path))
-  train._write_evaluation(str(tmp_path), writer, _config(), 7, result, None)
-  with open(tmp_path / 'eval' / 'step_000007.json') as f:
-    assert json.load(f) == {'step': 7, **result}
-  table = (tmp_path / 'eval' / 'step_000007.txt').read_text()
-  assert table.splitlines()[0].split() == ['frame', 'mse', 'lpips']
-  assert 'fvd over 16 clips: 123.5000' in table
-  values = {v.tag: v.simple_value for e in _events(str(tmp_path))
-            for v in e.summary.value}
-  assert values == {'eval/mse': 2.0, 'eval/lpips': pytest.approx(0.2),
-                    'eval/fvd': 123.5}
-
-
 def test_finished_run_resumes_without_training_and_continues(tiny_run,
                                                              tmp_path):
   config, _, state = tiny_run
@@ -166,9 +149,9 @@ def test_finished_run_resumes_without_training_and_continues(tiny_run,
   longer = train.train_and_evaluate(_config(num_train_steps=STEPS + 2),
                                     workdir)
   assert int(longer.step) == STEPS + 2
-  records = train.read_losses(workdir)
+  records = summaries.read_losses(workdir)
   assert [r['step'] for r in records] == list(range(1, STEPS + 3))
-  assert records[:STEPS] == train.read_losses(tiny_run[1])
+  assert records[:STEPS] == summaries.read_losses(tiny_run[1])
 
 
 def _listing(workdir):
@@ -288,8 +271,8 @@ def test_two_devices_give_the_same_parameters_as_one(tiny_run, tmp_path):
     np.testing.assert_allclose(two_devices[name], value, rtol=1e-4, atol=1e-5,
                                err_msg=name)
   np.testing.assert_allclose(
-      [r['loss'] for r in train.read_losses(str(tmp_path / 'run'))],
-      [r['loss'] for r in train.read_losses(tiny_run[1])], rtol=1e-5)
+      [r['loss'] for r in summaries.read_losses(str(tmp_path / 'run'))],
+      [r['loss'] for r in summaries.read_losses(tiny_run[1])], rtol=1e-5)
 
 
 def test_sigkill_and_restart_give_the_same_losses(tmp_path):
@@ -311,13 +294,13 @@ def test_sigkill_and_restart_give_the_same_losses(tmp_path):
     time.sleep(0.02)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  assert train.read_losses(killed)[-1]['step'] < steps  # killed mid-way
+  assert summaries.read_losses(killed)[-1]['step'] < steps  # killed mid-way
   assert str(steps) not in os.listdir(os.path.join(killed, 'checkpoints'))
 
   result = runs.python(*runs.train_args(killed, *overrides))
   assert 'Resuming from the checkpoint of step' in result.stderr
-  expected = train.read_losses(uninterrupted)
-  restarted = train.read_losses(killed)
+  expected = summaries.read_losses(uninterrupted)
+  restarted = summaries.read_losses(killed)
   assert [r['step'] for r in restarted] == list(range(1, steps + 1))
   np.testing.assert_allclose([r['loss'] for r in restarted],
                              [r['loss'] for r in expected], rtol=1e-6)
@@ -349,21 +332,12 @@ def test_update_that_breaks_the_parameters_is_never_checkpointed(tmp_path):
 
 def test_torn_last_loss_line_is_dropped_on_resume(tiny_run, tmp_path, caplog):
   workdir = _copy(tiny_run, tmp_path)
-  with open(os.path.join(workdir, train.LOSSES_FILE), 'a') as f:
+  with open(os.path.join(workdir, summaries.LOSSES_FILE), 'a') as f:
     f.write('{"step": 13, "loss": 0.0')  # power loss mid-write
   state = train.train_and_evaluate(_config(), workdir)
   assert int(state.step) == STEPS
   assert 'Dropping the incomplete last line' in caplog.text
-  assert train.read_losses(workdir) == train.read_losses(tiny_run[1])
-
-
-def test_garbled_loss_line_is_an_error_naming_file_and_line(tmp_path):
-  path = tmp_path / train.LOSSES_FILE
-  path.write_text('{"step": 1, "loss": 0.5}\nxx\n{"step": 2, "loss": 0.4}\n')
-  with pytest.raises(checkpoints.CheckpointError,
-                     match=r"Line 2 is not a loss record: 'xx' \(.*"
-                     r'train_losses.jsonl\)'):
-    train.read_losses(str(tmp_path))
+  assert summaries.read_losses(workdir) == summaries.read_losses(tiny_run[1])
 
 
 @pytest.mark.parametrize('field, value, message', [
