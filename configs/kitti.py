@@ -6,6 +6,8 @@ layers, gamma = 1 (residual). Data: PredNet's preprocessed arrays
 (X_train.hkl + sources_train.hkl from KITTI, X_test.hkl + sources_test.hkl
 from Caltech; .npy/.npz versions work too) or folders of per-clip image
 folders, under config.data.data_dir.
+The 16-layer model and the training protocol are configs/base.py's
+`real_video_config()`; this file adds the dataset's own fields.
 """
 from configs import base
 

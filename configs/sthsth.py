@@ -5,6 +5,8 @@ Clips downsampled to 20 frames of 128x128x3, 10 -> 10 frames (the "front
 16 STAU layers x 64 hidden, 3 down/upsampling layers, gamma = 1. Data: the
 dataset's <id>.webm videos (needs PyAV or OpenCV) or <id>/ frame folders,
 with its train/validation JSON lists and the labels JSON.
+The 16-layer model and the training protocol are configs/base.py's
+`real_video_config()`; this file adds the dataset's own fields.
 """
 from configs import base
 

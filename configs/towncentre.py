@@ -6,6 +6,8 @@ for testing, 16 STAU layers x 64 hidden, 4 down/upsampling layers, gamma = 1.
 The first 4,000 frames train, the last 3,500 test. Data (data.video_path):
 the video file (decoded once into a PNG frame cache; needs `pip install
 av`) or a folder of its frames.
+The 16-layer model and the training protocol are configs/base.py's
+`real_video_config()`; this file adds the dataset's own fields.
 """
 from configs import base
 
