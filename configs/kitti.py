@@ -6,22 +6,20 @@ layers, gamma = 1 (residual). Data: PredNet's preprocessed arrays
 (X_train.hkl + sources_train.hkl from KITTI, X_test.hkl + sources_test.hkl
 from Caltech; .npy/.npz versions work too) or folders of per-clip image
 folders, under config.data.data_dir.
+The 16-layer model and the training protocol are configs/base.py's
+`real_video_config()`; this file adds the dataset's own fields.
 """
-from configs import mmnist
+from configs import base
 
 
 def get_config():
   """Returns the KITTI -> Caltech experiment config."""
-  config = mmnist.get_config()
+  config = base.real_video_config()
   config.name = 'kitti'
-  config.model.num_layers = 16
-  config.model.num_hidden = 64
   config.model.num_downsample = 3
-  config.model.residual = True
   data = config.data
   data.dataset = 'kitti'
   data.image_size = (128, 160)
-  data.channels = 3
   data.input_length = 10
   data.total_length = 11
   data.test_total_length = 20

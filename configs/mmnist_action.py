@@ -19,25 +19,14 @@ override them as --config.num_train_steps=N.
 """
 import ml_collections
 
-from configs import mmnist
+from configs import tiny
 
 
 def get_config():
   """Returns the Moving MNIST action config (prediction and recognition)."""
-  config = mmnist.get_config()
+  config = tiny.shrunk_mmnist(num_hidden=16, tau=3, image_size=(32, 32),
+                              total_length=12, num_test_sequences=500)
   config.name = 'mmnist_action'
-  config.model.num_layers = 2
-  config.model.num_hidden = 16
-  config.model.filter_size = 3
-  config.model.tau = 3
-  config.model.theta = 3
-  config.data.image_size = (32, 32)
-  config.data.input_length = 4
-  config.data.total_length = 12
-  config.data.num_digits = 1
-  config.data.digits = 'bundled'
-  config.data.num_test_sequences = 500
-  config.batch_size = 16
   config.eval_batch_size = 50
   config.num_train_steps = 1000
   config.lr_decay_start_step = 1000
@@ -46,7 +35,6 @@ def get_config():
   config.sampling_stop_step = 500
   config.eval_every_steps = 500
   config.checkpoint_every_steps = 500
-  config.log_every_steps = 100
   config.eval_metrics = 'mse,psnr,ssim'
   config.classifier = ml_collections.ConfigDict()
   config.classifier.num_classes = 5  # moving_mnist.NEXT_WALL_CLASSES

@@ -5,22 +5,20 @@ Clips downsampled to 20 frames of 128x128x3, 10 -> 10 frames (the "front
 16 STAU layers x 64 hidden, 3 down/upsampling layers, gamma = 1. Data: the
 dataset's <id>.webm videos (needs PyAV or OpenCV) or <id>/ frame folders,
 with its train/validation JSON lists and the labels JSON.
+The 16-layer model and the training protocol are configs/base.py's
+`real_video_config()`; this file adds the dataset's own fields.
 """
-from configs import mmnist
+from configs import base
 
 
 def get_config():
   """Returns the Something-Something v2 experiment config."""
-  config = mmnist.get_config()
+  config = base.real_video_config()
   config.name = 'sthsth'
-  config.model.num_layers = 16
-  config.model.num_hidden = 64
   config.model.num_downsample = 3
-  config.model.residual = True
   data = config.data
   data.dataset = 'sthsth'
   data.image_size = (128, 128)
-  data.channels = 3
   data.input_length = 10
   data.total_length = 20
   data.data_dir = 'data/sthsth'

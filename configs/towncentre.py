@@ -6,22 +6,20 @@ for testing, 16 STAU layers x 64 hidden, 4 down/upsampling layers, gamma = 1.
 The first 4,000 frames train, the last 3,500 test. Data (data.video_path):
 the video file (decoded once into a PNG frame cache; needs `pip install
 av`) or a folder of its frames.
+The 16-layer model and the training protocol are configs/base.py's
+`real_video_config()`; this file adds the dataset's own fields.
 """
-from configs import mmnist
+from configs import base
 
 
 def get_config():
   """Returns the TownCentreXVID experiment config."""
-  config = mmnist.get_config()
+  config = base.real_video_config()
   config.name = 'towncentre'
-  config.model.num_layers = 16
-  config.model.num_hidden = 64
   config.model.num_downsample = 4
-  config.model.residual = True
   data = config.data
   data.dataset = 'towncentre'
   data.image_size = (1088, 1920)
-  data.channels = 3
   data.input_length = 4
   data.total_length = 5
   data.test_total_length = 8

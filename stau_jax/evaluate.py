@@ -39,6 +39,9 @@ from stau_jax import summaries
 
 FLAGS = flags.FLAGS
 BASELINES = ('zeros', 'last_frame')
+# Overridable fields only a Moving MNIST export has (--data sets test_set).
+MOVING_MNIST_TEST_FIELDS = ('data.test_set', 'data.digits',
+                            'data.num_test_sequences', 'data.test_seed')
 
 
 def eval_metric_names(config):
@@ -233,6 +236,27 @@ def _overridable_fields():
   return overridable
 
 
+def apply_overrides(config, overrides):
+  """Sets {'data.test_set': value, ...} (dotted paths) on the export's config.
+
+  Raises InputError for a Moving MNIST test-set field (configs/mmnist.py) on
+  an export of another dataset: its test set is its data files.
+  """
+  dataset = config.data.dataset
+  for path, value in overrides.items():
+    if path in MOVING_MNIST_TEST_FIELDS and dataset != 'moving_mnist':
+      raise errors.InputError(
+          f'config.{path} chooses a Moving MNIST test set, but the export was '
+          f'trained on {dataset!r}', None,
+          'its test set is read from config.data.data_dir (override it with '
+          '--config.data.data_dir)')
+    parent = config
+    *parents, name = path.split('.')
+    for key in parents:
+      parent = parent[key]
+    parent[name] = value
+
+
 def _check_overrides(argv, overridable):
   """Raises InputError for a --config.X the export's config may not take."""
   allowed = sorted(checkpoints.flatten(overridable.to_dict()))
@@ -250,14 +274,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   params, config = export.load_export(FLAGS.export)
-  for path, value in config_flags.get_override_values(FLAGS['config']).items():
-    parent = config
-    *parents, name = path.split('.')
-    for key in parents:
-      parent = parent[key]
-    parent[name] = value
+  overrides = dict(config_flags.get_override_values(FLAGS['config']))
   if FLAGS.data:
-    config.data.test_set = FLAGS.data
+    overrides['data.test_set'] = FLAGS.data
+  apply_overrides(config, overrides)
   result = evaluate_params(params, config, config.eval_batch_size,
                            config.get('num_eval_batches', -1), FLAGS.baseline)
   if FLAGS.baseline:

@@ -5,8 +5,10 @@ import jax
 import numpy as np
 import pytest
 
+from configs import kitti
 from stau_jax import data
 from stau_jax import distributed
+from stau_jax import errors
 from stau_jax import evaluate
 from stau_jax import export
 from stau_jax import metrics
@@ -157,6 +159,23 @@ def test_cli_reads_an_official_layout_npy(tmp_path):
               f'--data={tmp_path / "test.npy"}', f'--output={output}')
   with open(output) as f:
     assert json.load(f)['count'] == 3
+
+
+def test_overrides_set_fields_of_the_exports_config():
+  config = runs.tiny_config()
+  evaluate.apply_overrides(config, {'data.test_set': 'official',
+                                    'eval_batch_size': 2})
+  assert (config.data.test_set, config.eval_batch_size) == ('official', 2)
+
+
+def test_moving_mnist_test_set_override_of_a_video_export_is_refused():
+  config = kitti.get_config()
+  with pytest.raises(errors.InputError,
+                     match=r"config.data.test_set chooses a Moving MNIST .*"
+                     r"'kitti'.*--config.data.data_dir"):
+    evaluate.apply_overrides(config, {'data.test_set': 'test.npy'})
+  evaluate.apply_overrides(config, {'data.data_dir': 'elsewhere'})
+  assert config.data.data_dir == 'elsewhere' and 'test_set' not in config.data
 
 
 def test_cli_rejects_a_corrupt_export(tmp_path):
