@@ -104,6 +104,7 @@ def run(config, steps=5, profile_dir=None):
   With `profile_dir`, three more training steps run under `jax.profiler`
   and their trace is written there.
   """
+  predictor.validate_model_config(config)
   compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   model = predictor.create_model(config, dtype=compute_dtype)
   rng = jax.random.PRNGKey(config.seed)

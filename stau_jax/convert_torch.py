@@ -87,6 +87,7 @@ def convert_state_dict(state_dict, config):
   missing key, a shape mismatch (both shapes, in PyTorch layout) or keys the
   config's model does not have.
   """
+  models.validate_model_config(config)
   state_dict = {re.sub(r'^(module|model)\.', '', k): np.asarray(v, np.float32)
                 for k, v in state_dict.items()}
   for key, value in sorted(state_dict.items()):

@@ -206,6 +206,8 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   if not (num_batches == -1 or num_batches >= 1):
     raise ValueError(f'num_eval_batches must be a positive integer, or -1 for '
                      f'the whole test set; got {num_batches!r}.')
+  models.validate_model_config(config)
+  data.validate_data_config(config, num_devices=1)
   validate_eval_config(config)
   eval_step = make_eval_step(models.create_model(config), config, baseline)
   replicated = distributed.replicate(params)

@@ -116,6 +116,7 @@ def check_finite(params, source='parameters'):
 def check_params(params, config, source='parameters'):
   """Raises ExportError unless `params` has exactly the tree and shapes `config`'s model needs."""
   try:
+    models.validate_model_config(config)
     expected = models.param_shapes(config)
   except (ValueError, KeyError, AttributeError, TypeError) as e:
     raise ExportError(f'Invalid config: {type(e).__name__}: {e}', source,

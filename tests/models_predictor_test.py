@@ -239,11 +239,11 @@ def test_hidden_states_are_each_layers_output_on_request(cell, frontend):
 
 def test_patch_frontend_needs_no_downsampling_and_stau_needs_its_encoder():
   with pytest.raises(ValueError, match='num_downsample=0'):
-    models.create_model(_config(cell='predrnn', frontend='patch'))
+    models.validate_model_config(_config(cell='predrnn', frontend='patch'))
   with pytest.raises(ValueError, match="frontend='stau'"):
-    models.create_model(_config(frontend='patch', num_downsample=0))
+    models.validate_model_config(_config(frontend='patch', num_downsample=0))
   with pytest.raises(ValueError, match='config.model.frontend'):
-    models.create_model(_config(frontend='unet'))
+    models.validate_model_config(_config(frontend='unet'))
 
 
 def test_ring_order_lists_slots_oldest_first():
@@ -288,7 +288,7 @@ def test_bad_config_values_are_clear_errors(field, value, message):
   group, name = field.split('.')
   config[group][name] = value
   with pytest.raises(ValueError, match=message):
-    models.create_model(config)
+    models.validate_model_config(config)
 
 
 def test_frames_of_the_wrong_shape_are_clear_errors(tiny_model):

@@ -19,7 +19,7 @@ def test_one_layer_is_a_clear_error():
   config = tiny.get_config()
   config.model.update(cell='predrnnpp', num_layers=1)
   with pytest.raises(ValueError, match='predrnnpp.*num_layers >= 2'):
-    models.create_model(config)
+    models.validate_model_config(config)
 
 
 def test_openstl_ghu_layer_norm_of_the_wrong_size_is_a_clear_error():

@@ -60,7 +60,7 @@ def test_bad_decouple_beta_is_a_clear_error():
   config = tiny.get_config()
   config.model.update(cell='predrnnv2', decouple_beta=-0.1)
   with pytest.raises(ValueError, match='decouple_beta must be a number >= 0'):
-    models.create_model(config)
+    models.validate_model_config(config)
 
 
 def test_a_training_step_adds_the_decoupling_loss_and_moves_every_parameter():

@@ -379,15 +379,17 @@ def validate_model_config(config):
   height, width = data.image_size
   check_frame_shape((1, data.total_length, height, width, data.channels),
                     model.patch_size, model.num_downsample, data.input_length)
+  create_model(config)  # the unit's own checks (e.g. PredRNN++'s 2 layers)
 
 
 def create_model(config, dtype=jnp.float32):
-  """Builds the `Predictor` that `config` describes, after validating it.
+  """Builds the `Predictor` that `config` describes.
 
-  Fields config.model lacks take MODEL_DEFAULTS (configs and export files
-  written before those fields existed).
+  The config is trusted: the entry points (train.validate_config, loading an
+  export, the CLIs) validate it once with `validate_model_config`. Fields
+  config.model lacks take MODEL_DEFAULTS (configs and export files written
+  before those fields existed).
   """
-  validate_model_config(config)
   model = model_fields(config)
   conv_impl = model.conv_impl
   conv = conv_factory(dtype, conv_impl)
