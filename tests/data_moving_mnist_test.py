@@ -115,13 +115,6 @@ def test_hosts_get_their_own_shard_split_over_devices():
   assert not np.array_equal(shards[0], shards[1])
 
 
-def test_patch_size_option_space_to_depth():
-  config = _config()
-  batch = next(data_lib.create_train_iterator(config, num_devices=1,
-                                              patch_size=2))
-  assert batch.shape == (1, 4, 8, 8, 8, 4)
-
-
 def test_generated_test_set_uses_heldout_digits(monkeypatch):
   splits = []
   load = mnist_digits.load_digits

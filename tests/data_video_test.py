@@ -103,13 +103,6 @@ def test_kitti_test_set_is_disjoint_windows_with_padding(tmp_path):
                                 [[0, 1, 2, 3], [6, 7, 8, 9]])
 
 
-def test_patch_size_option(tmp_path):
-  config = _kitti_arrays(tmp_path)
-  batch = next(data_lib.create_train_iterator(config, num_devices=1,
-                                              patch_size=2))
-  assert batch.shape == (1, 4, 3, 4, 8, 12)
-
-
 def test_clip_folders_layout_skips_short_clips(tmp_path):
   for clip, count in (('clip0', 5), ('clip1', 2)):
     os.makedirs(tmp_path / clip)

@@ -557,7 +557,7 @@ def validate(config):
 
 
 def create_train_iterator(config, *, seed, num_devices, start_step=0,
-                          process_index=0, process_count=1, patch_size=1):
+                          process_index=0, process_count=1):
   """Endless float32 (num_devices, per_device, T, H, W, C) batches."""
   per_device = pipeline.per_device_batch(config.batch_size, num_devices,
                                          process_count)
@@ -569,16 +569,15 @@ def create_train_iterator(config, *, seed, num_devices, start_step=0,
       frames, windows, config, batch_size=host_batch, seed=seed, train=True,
       process_index=process_index, process_count=process_count,
       start_element=start_step * host_batch)
-  return pipeline.as_numpy_batches(dataset, num_devices, patch_size)
+  return pipeline.as_numpy_batches(dataset, num_devices)
 
 
-def create_test_iterator(config, batch_size, *, patch_size=1):
+def create_test_iterator(config, batch_size):
   """One ordered pass: {'frames': (B, T, H, W, C), 'valid': bool (B,)}."""
   frames, windows, _ = load_split(config, 'test')
   dataset = build_dataset(frames, windows, config, batch_size=batch_size,
                           train=False)
-  chunks = (batch[0] for batch in pipeline.as_numpy_batches(dataset, 1,
-                                                             patch_size))
+  chunks = (batch[0] for batch in pipeline.as_numpy_batches(dataset, 1))
   return ({'frames': batch, 'valid': valid}
           for batch, valid in pipeline.padded_batches(chunks, batch_size))
 
