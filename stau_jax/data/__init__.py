@@ -220,12 +220,6 @@ def test_set_size(config):
   return moving_mnist.load_official_npy(data.test_set).shape[1]
 
 
-def create_test_arrays(config):
-  """The whole test set as float32 (N, T_test, H, W, C); small sets only."""
-  batches = [b['frames'][b['valid']] for b in create_test_iterator(config)]
-  return np.concatenate(batches)
-
-
 def num_label_classes(config):
   """Classes of the dataset's action labels (ValueError if it has none)."""
   if config.data.dataset == 'moving_mnist':
