@@ -163,27 +163,14 @@ def read_frames(path, sources_path=''):
   return read_clip_folders(path)
 
 
-def video_decoder():
-  """Returns a function path -> uint8 (T, H, W, 3), or raises ImportError."""
-  if importlib.util.find_spec('av') is not None:
-    def decode_with_pyav(path):
-      import av  # pylint: disable=g-import-not-at-top
-      with av.open(path) as container:
-        return np.stack([frame.to_ndarray(format='rgb24')
-                         for frame in container.decode(video=0)])
-    return decode_with_pyav
-  if importlib.util.find_spec('cv2') is not None:
-    def decode_with_opencv(path):
-      import cv2  # pylint: disable=g-import-not-at-top
-      capture = cv2.VideoCapture(path)
-      frames = []
-      ok, frame = capture.read()
-      while ok:
-        frames.append(frame[..., ::-1])
-        ok, frame = capture.read()
-      capture.release()
-      return np.stack(frames)
-    return decode_with_opencv
+def video_backend():
+  """'av' (PyAV) or else 'cv2' (OpenCV), whichever is installed.
+
+  Raises ImportError saying what to install when neither is.
+  """
+  for module in ('av', 'cv2'):
+    if importlib.util.find_spec(module) is not None:
+      return module
   raise ImportError('Decoding video files needs PyAV (pip install av) or '
                     'OpenCV (pip install opencv-python); or extract the frames '
                     'into image folders (e.g. with ffmpeg) and point the config '
@@ -192,23 +179,26 @@ def video_decoder():
 
 def iterate_video(path):
   """Yields the frames of a video file as uint8 (H, W, 3), one at a time."""
-  if importlib.util.find_spec('av') is not None:
+  if video_backend() == 'av':
     import av  # pylint: disable=g-import-not-at-top
     with av.open(path) as container:
       for frame in container.decode(video=0):
         yield frame.to_ndarray(format='rgb24')
-  elif importlib.util.find_spec('cv2') is not None:
-    import cv2  # pylint: disable=g-import-not-at-top
-    capture = cv2.VideoCapture(path)
-    try:
+    return
+  import cv2  # pylint: disable=g-import-not-at-top
+  capture = cv2.VideoCapture(path)
+  try:
+    ok, frame = capture.read()
+    while ok:
+      yield np.ascontiguousarray(frame[..., ::-1])  # BGR -> RGB.
       ok, frame = capture.read()
-      while ok:
-        yield np.ascontiguousarray(frame[..., ::-1])
-        ok, frame = capture.read()
-    finally:
-      capture.release()
-  else:
-    video_decoder()  # Raises the ImportError saying what to install.
+  finally:
+    capture.release()
+
+
+def decode_video(path):
+  """Every frame of a video file: uint8 (T, H, W, 3)."""
+  return np.stack(list(iterate_video(path)))
 
 
 # Windows -------------------------------------------------------------------
@@ -287,10 +277,9 @@ def _frame_loader(frames, channels):
         decode, tf.gather(paths, indices),
         fn_output_signature=tf.TensorSpec((None, None, channels), tf.uint8))
   videos = frames.videos
-  decoder = video_decoder()
 
   def decode_clip(clip, length):
-    video = decoder(videos[int(clip)])
+    video = decode_video(videos[int(clip)])
     if len(video) < length:
       raise ValueError(f'{videos[int(clip)]}: {len(video)} frames, fewer than '
                        f'the {length} each sequence needs')
@@ -393,7 +382,7 @@ def _sthsth_split(config, split):
   videos = [os.path.join(root, i + ext) for i in ids for ext in
             VIDEO_EXTENSIONS if os.path.isfile(os.path.join(root, i + ext))]
   if len(videos) == len(ids):
-    video_decoder()  # Fail now when no decoder is installed.
+    video_backend()  # Fail now when no decoder is installed.
     frames = Frames(root, np.ones(len(ids), np.int64), videos=videos)
     windows = np.repeat(np.arange(len(ids))[:, None], length, axis=1)
     return frames, windows, labels
@@ -485,7 +474,7 @@ def cached_frames(video_path, data_dir=''):
         logging.warning('%s is newer than its frames cache %s; delete the '
                         'cache to decode the video again.', video_path, folder)
       return folder
-  video_decoder()  # Fail now, saying what to install, when there is none.
+  video_backend()  # Fail now, saying what to install, when there is none.
   writable = [f for f in candidates
               if os.access(os.path.dirname(os.path.abspath(f)), os.W_OK)]
   if not writable:
