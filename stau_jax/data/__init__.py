@@ -32,9 +32,7 @@ DATASETS = ('moving_mnist',) + VIDEO_DATASETS
 DIGIT_SOURCES = ('auto', 'tfds', 'bundled')
 
 
-def eval_total_length(config):
-  """Frames per test sequence: data.test_total_length, or total_length when 0."""
-  return config.data.get('test_total_length') or config.data.total_length
+eval_total_length = pipeline.eval_total_length
 
 
 def _local_device_count():

@@ -7,6 +7,11 @@ lazily, so importing this module never imports TensorFlow. Frames stay raw
 import numpy as np
 
 
+def eval_total_length(config):
+  """Frames per test sequence: data.test_total_length, or total_length when 0."""
+  return config.data.get('test_total_length') or config.data.total_length
+
+
 def per_device_batch(batch_size, num_devices, process_count=1):
   """Batch size per device; raises when the global batch does not split."""
   if batch_size % (num_devices * process_count):

@@ -378,7 +378,8 @@ def _sthsth_split(config, split):
     raise ValueError(f'{root}: none of the clips listed in '
                      f'config.data.{split}_labels are in this folder (expected '
                      '<id>.webm files or <id>/ frame folders)')
-  length = eval_length(config) if split == 'test' else config.data.total_length
+  length = (pipeline.eval_total_length(config) if split == 'test' else
+            config.data.total_length)
   videos = [os.path.join(root, i + ext) for i in ids for ext in
             VIDEO_EXTENSIONS if os.path.isfile(os.path.join(root, i + ext))]
   if len(videos) == len(ids):
@@ -409,7 +410,7 @@ def _towncentre_split(config, split):
   else:
     first = total - num_test
     lengths = np.array([first, num_test])
-    length = eval_length(config)
+    length = pipeline.eval_total_length(config)
     windows = first + sliding_windows(lengths[1:], length, length, path)
   return frames, windows
 
@@ -426,7 +427,7 @@ def _kitti_split(config, split):
     windows = sliding_windows(frames.clip_lengths, config.data.total_length,
                               1, path)
   else:
-    length = eval_length(config)
+    length = pipeline.eval_total_length(config)
     windows = sliding_windows(frames.clip_lengths, length, length, path)
   return frames, windows
 
@@ -507,10 +508,6 @@ def cached_frames(video_path, data_dir=''):
       shutil.rmtree(temporary, ignore_errors=True)
   logging.info('%s: cached %d frames in %s.', video_path, count, folder)
   return folder
-
-
-def eval_length(config):
-  return config.data.get('test_total_length') or config.data.total_length
 
 
 def load_split(config, split):
