@@ -24,6 +24,7 @@ import numpy as np
 
 STEP_LENGTH = 0.1
 TEST_CHUNK = 100  # Sequences drawn per seed in the generated test set.
+PREFETCH = 2  # Training batches made ahead on a background thread.
 # Classes of `next_wall_labels`, in label order.
 NEXT_WALL_CLASSES = ('top', 'bottom', 'left', 'right', 'none')
 
@@ -191,11 +192,11 @@ def labelled_train_batch(digit_bank, step, *, seed, process_index,
 
 
 def train_batches(digit_bank, *, seed, batch_size, num_digits, total_length,
-                  image_size, start_step=0, process_index=0, prefetch=2,
+                  image_size, start_step=0, process_index=0,
                   input_length=None):
   """Endless iterator of training batches float32 (B, T, H, W, 1).
 
-  Batches are made `prefetch` ahead on a background thread (numpy releases
+  Batches are made PREFETCH ahead on a background thread (numpy releases
   the GIL in its kernels, so this overlaps with the training step). With
   `input_length`, the batches are `labelled_train_batch`es instead.
   """
@@ -207,12 +208,7 @@ def train_batches(digit_bank, *, seed, batch_size, num_digits, total_length,
         batch_size=batch_size, num_digits=num_digits,
         total_length=total_length, image_size=image_size)
 
-  if prefetch <= 0:
-    step = start_step
-    while True:
-      yield make(step)
-      step += 1
-  yield from _threaded(make, start_step, prefetch)
+  yield from _threaded(make, start_step, PREFETCH)
 
 
 def _threaded(make, start_step, depth):

@@ -432,7 +432,7 @@ def _kitti_split(config, split):
   return frames, windows
 
 
-def extract_frames(video_path, folder, log_every=500):
+def extract_frames(video_path, folder):
   """Writes every frame of a video file as folder/%06d.png (needs a decoder).
 
   Returns the number of frames written.
@@ -444,7 +444,7 @@ def extract_frames(video_path, folder, log_every=500):
     # compress_level=1: lossless and several times faster than the default.
     Image.fromarray(frame).save(os.path.join(folder, f'{count - 1:06d}.png'),
                                 compress_level=1)
-    if log_every and count % log_every == 0:
+    if count % 500 == 0:
       logging.info('%s: extracted %d frames.', video_path, count)
   return count
 
