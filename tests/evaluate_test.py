@@ -26,7 +26,7 @@ def test_evaluate_matches_a_direct_computation():
   params = jax.tree_util.tree_map(lambda x: 0.1 * x,
                                   export_test.random_params(config))
   result = evaluate.evaluate_params(params, config)
-  frames = data.create_test_arrays(config)
+  frames = runs.test_arrays(config)
   assert result['count'] == len(frames) == 32
   predictions = models.create_model(config).apply({'params': params}, frames)
   expected = metrics.compute_metrics(
@@ -47,7 +47,7 @@ def test_lpips_and_fvd_match_a_direct_computation():
   config.data.num_test_sequences = 3
   params = export_test.random_params(config)
   result = evaluate.evaluate_params(params, config)
-  frames = data.create_test_arrays(config)
+  frames = runs.test_arrays(config)
   predictions = models.create_model(config).apply({'params': params}, frames)
   predictions = np.clip(predictions[:, 1:], 0, 1)
   np.testing.assert_allclose(
@@ -81,7 +81,7 @@ def test_bad_metric_choices_are_errors_before_any_work(metric_names,
 @pytest.mark.parametrize('baseline', evaluate.BASELINES)
 def test_baselines_score_naive_predictions(baseline):
   config = runs.tiny_config()
-  frames = data.create_test_arrays(config)
+  frames = runs.test_arrays(config)
   future = frames[:, config.data.input_length:]
   naive = (np.zeros_like(future) if baseline == 'zeros' else np.repeat(
       frames[:, config.data.input_length - 1:config.data.input_length],

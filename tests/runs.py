@@ -1,4 +1,4 @@
-"""Shared helpers for the tests that train: tiny configs and subprocess runs.
+"""Shared test helpers: tiny configs, the test set as arrays, subprocess runs.
 
 All runs share a persistent XLA compilation cache, so each program (tiny train
 step, eval step, ...) compiles once per test session instead of once per run.
@@ -9,8 +9,10 @@ import sys
 import tempfile
 
 import jax
+import numpy as np
 
 from configs import tiny
+from stau_jax import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, 'configs', 'tiny.py')
@@ -29,6 +31,13 @@ def tiny_config(**overrides):
   config = tiny.get_config()
   config.update(overrides)
   return config
+
+
+def test_arrays(config, batch_size=None):
+  """The whole (small) test set as float32 (N, T_test, H, W, C)."""
+  return np.concatenate([
+      batch['frames'][batch['valid']]
+      for batch in data.create_test_iterator(config, batch_size)])
 
 
 def environment(**variables):

@@ -32,9 +32,7 @@ DATASETS = ('moving_mnist',) + VIDEO_DATASETS
 DIGIT_SOURCES = ('auto', 'tfds', 'bundled')
 
 
-def eval_total_length(config):
-  """Frames per test sequence: data.test_total_length, or total_length when 0."""
-  return config.data.get('test_total_length') or config.data.total_length
+eval_total_length = pipeline.eval_total_length
 
 
 def _local_device_count():
@@ -136,8 +134,7 @@ def _digit_bank(config, split):
 
 
 def create_train_iterator(config, *, seed=None, num_devices=None,
-                          start_step=0, process_index=0, process_count=1,
-                          patch_size=1):
+                          start_step=0, process_index=0, process_count=1):
   """Endless iterator of training batches, split over local devices.
 
   Args:
@@ -148,12 +145,10 @@ def create_train_iterator(config, *, seed=None, num_devices=None,
       uninterrupted stream's batches k, k + 1, ... (checkpoint resume).
     process_index: this host's index; each host draws its own shard.
     process_count: number of hosts; config.batch_size is the global batch.
-    patch_size: opt-in space-to-depth of the frames (the model patches frames
-      itself, so training uses the default 1).
 
   Returns:
     Iterator of float32 arrays (num_devices, batch_size // (num_devices *
-    process_count), T, H, W, C * patch_size**2) in [0, 1].
+    process_count), T, H, W, C) in [0, 1]; the model patches frames itself.
   """
   num_devices = num_devices or _local_device_count()
   validate_data_config(config, num_devices, process_count)
@@ -164,16 +159,13 @@ def create_train_iterator(config, *, seed=None, num_devices=None,
     from stau_jax.data import video  # pylint: disable=g-import-not-at-top
     return video.create_train_iterator(
         config, seed=seed, num_devices=num_devices, start_step=start_step,
-        process_index=process_index, process_count=process_count,
-        patch_size=patch_size)
+        process_index=process_index, process_count=process_count)
   bank = _digit_bank(config, 'train')
   batches = moving_mnist.train_batches(
       bank, seed=seed, batch_size=host_batch, num_digits=data.num_digits,
       total_length=data.total_length, image_size=tuple(data.image_size),
       start_step=start_step, process_index=process_index)
-  return (pipeline.split_for_devices(
-      pipeline.space_to_depth(batch, patch_size), num_devices)
-          for batch in batches)
+  return (pipeline.split_for_devices(batch, num_devices) for batch in batches)
 
 
 def _moving_mnist_test_chunks(config):
@@ -193,13 +185,12 @@ def _moving_mnist_test_chunks(config):
   return moving_mnist.official_npy_chunks(data.test_set, length)
 
 
-def create_test_iterator(config, batch_size=None, *, patch_size=1):
+def create_test_iterator(config, batch_size=None):
   """One deterministic pass over the test set.
 
   Args:
     config: experiment config.
     batch_size: sequences per batch; defaults to config.eval_batch_size.
-    patch_size: opt-in space-to-depth, as in `create_train_iterator`.
 
   Returns:
     Iterator of {'frames': float32 (B, T_test, H, W, C) in [0, 1], 'valid':
@@ -211,12 +202,9 @@ def create_test_iterator(config, batch_size=None, *, patch_size=1):
   validate_data_config(config, num_devices=1)
   if config.data.dataset != 'moving_mnist':
     from stau_jax.data import video  # pylint: disable=g-import-not-at-top
-    return video.create_test_iterator(config, batch_size,
-                                      patch_size=patch_size)
+    return video.create_test_iterator(config, batch_size)
   chunks = _moving_mnist_test_chunks(config)
-  return ({'frames': pipeline.space_to_depth(moving_mnist.to_float(frames),
-                                             patch_size),
-           'valid': valid}
+  return ({'frames': moving_mnist.to_float(frames), 'valid': valid}
           for frames, valid in pipeline.padded_batches(chunks, batch_size))
 
 
@@ -228,12 +216,6 @@ def test_set_size(config):
   if data.test_set == 'generated':
     return data.num_test_sequences
   return moving_mnist.load_official_npy(data.test_set).shape[1]
-
-
-def create_test_arrays(config):
-  """The whole test set as float32 (N, T_test, H, W, C); small sets only."""
-  batches = [b['frames'][b['valid']] for b in create_test_iterator(config)]
-  return np.concatenate(batches)
 
 
 def num_label_classes(config):

@@ -49,11 +49,10 @@ def load_bundled(split='train'):
   """Returns (digits uint8 (N, 28, 28), labels int64 (N,)) of a bundled slice.
 
   Args:
-    split: 'train' (4,000 digits), 'heldout' (1,000 digits, disjoint from
-      'train') or 'all' (5,000 digits).
+    split: 'train' (4,000 digits) or 'heldout' (the other 1,000 digits).
   """
-  if split not in ('train', 'heldout', 'all'):
-    raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+  if split not in ('train', 'heldout'):
+    raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
   path = bundled_csv_path()
   with gzip.open(path, 'rt') as f:
     rows = np.loadtxt(f, delimiter=',', dtype=np.uint8)
@@ -62,8 +61,6 @@ def load_bundled(split='train'):
                      f'{rows.shape[1]} columns')
   digits = rows[:, :-1].reshape(-1, DIGIT_SIZE, DIGIT_SIZE)
   labels = rows[:, -1].astype(np.int64)
-  if split == 'all':
-    return digits, labels
   # Index of each row within its class (the file is sorted by label, but this
   # does not rely on it).
   rank = np.zeros(len(labels), np.int64)

@@ -8,8 +8,7 @@ bounces off the edges, and digits are merged by a per-pixel max; frames are
 uint8 / 255. On a 64x64 canvas digits are 28x28; other canvas sizes scale the
 digits by the same 28/64 share.
 
-Everything is batched numpy, so it runs where TensorFlow is not installed;
-`tf_dataset` wraps the same generator in tf.data when TensorFlow is present.
+Everything is batched numpy, so it runs where TensorFlow is not installed.
 Training batch `k` is a pure function of (seed, process_index, k), which makes
 the stream resumable from any step.
 
@@ -25,6 +24,7 @@ import numpy as np
 
 STEP_LENGTH = 0.1
 TEST_CHUNK = 100  # Sequences drawn per seed in the generated test set.
+PREFETCH = 2  # Training batches made ahead on a background thread.
 # Classes of `next_wall_labels`, in label order.
 NEXT_WALL_CLASSES = ('top', 'bottom', 'left', 'right', 'none')
 
@@ -192,11 +192,11 @@ def labelled_train_batch(digit_bank, step, *, seed, process_index,
 
 
 def train_batches(digit_bank, *, seed, batch_size, num_digits, total_length,
-                  image_size, start_step=0, process_index=0, prefetch=2,
+                  image_size, start_step=0, process_index=0,
                   input_length=None):
   """Endless iterator of training batches float32 (B, T, H, W, 1).
 
-  Batches are made `prefetch` ahead on a background thread (numpy releases
+  Batches are made PREFETCH ahead on a background thread (numpy releases
   the GIL in its kernels, so this overlaps with the training step). With
   `input_length`, the batches are `labelled_train_batch`es instead.
   """
@@ -208,12 +208,7 @@ def train_batches(digit_bank, *, seed, batch_size, num_digits, total_length,
         batch_size=batch_size, num_digits=num_digits,
         total_length=total_length, image_size=image_size)
 
-  if prefetch <= 0:
-    step = start_step
-    while True:
-      yield make(step)
-      step += 1
-  yield from _threaded(make, start_step, prefetch)
+  yield from _threaded(make, start_step, PREFETCH)
 
 
 def _threaded(make, start_step, depth):
@@ -240,31 +235,6 @@ def _threaded(make, start_step, depth):
       yield buffer.get()
   finally:
     stop.set()
-
-
-def tf_dataset(digit_bank, *, seed, batch_size, num_digits, total_length,
-               image_size, start_step=0, process_index=0):
-  """The training stream as a tf.data.Dataset of float32 (B, T, H, W, 1).
-
-  Same batches as `train_batches`; for pipelines that want tf.data's
-  prefetching. Requires TensorFlow.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  height, width = image_size
-
-  def make(step):
-    return train_batch(
-        digit_bank, int(step), seed=seed, process_index=process_index,
-        batch_size=batch_size, num_digits=num_digits,
-        total_length=total_length, image_size=image_size)
-
-  steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-  dataset = steps.map(
-      lambda step: tf.numpy_function(make, [step], tf.float32),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  dataset = dataset.map(lambda frames: tf.ensure_shape(
-      frames, (batch_size, total_length, height, width, 1)))
-  return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def generated_test_set(digit_bank, *, seed, num_sequences, num_digits,

@@ -1,13 +1,15 @@
-"""Shared input-pipeline helpers: batching, device split, patching, tf.data.
+"""Shared input-pipeline helpers: batching, device split, tf.data.
 
 The numpy helpers work without TensorFlow; the tf.data helpers import it
-lazily, so importing this module never imports TensorFlow.
-
-Patching (space-to-depth) is opt-in through `patch_size` (default 1): the
-STAU model patches frames itself, so training feeds raw (B, T, H, W, C)
-frames; patch here only for models that expect pre-patched inputs.
+lazily, so importing this module never imports TensorFlow. Frames stay raw
+(B, T, H, W, C): the model patches them itself (`models.patch_frames`).
 """
 import numpy as np
+
+
+def eval_total_length(config):
+  """Frames per test sequence: data.test_total_length, or total_length when 0."""
+  return config.data.get('test_total_length') or config.data.total_length
 
 
 def per_device_batch(batch_size, num_devices, process_count=1):
@@ -26,44 +28,6 @@ def split_for_devices(batch, num_devices):
     raise ValueError(f'a batch of {batch.shape[0]} does not split over '
                      f'{num_devices} devices')
   return batch.reshape((num_devices, -1) + batch.shape[1:])
-
-
-def space_to_depth(frames, patch_size):
-  """(..., H, W, C) -> (..., H/p, W/p, p*p*C), numpy, the reference layout.
-
-  Matches the PredRNN/MAU `reshape_patch`: channels ordered (p_row, p_col, c).
-  """
-  if patch_size == 1:
-    return frames
-  *lead, height, width, channels = frames.shape
-  if height % patch_size or width % patch_size:
-    raise ValueError(f'frames of {height}x{width} do not split into '
-                     f'{patch_size}x{patch_size} patches')
-  patched = frames.reshape(*lead, height // patch_size, patch_size,
-                           width // patch_size, patch_size, channels)
-  patched = np.moveaxis(patched, -4, -3)
-  return patched.reshape(*lead, height // patch_size, width // patch_size,
-                         patch_size * patch_size * channels)
-
-
-def tf_space_to_depth(frames, patch_size):
-  """tf.Tensor version of `space_to_depth` with the same channel order."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if patch_size == 1:
-    return frames
-  shape = tf.shape(frames)
-  lead = shape[:-3]
-  height, width, channels = frames.shape[-3:]
-  patched = tf.reshape(frames, tf.concat([
-      lead, [height // patch_size, patch_size, width // patch_size,
-             patch_size, channels]], 0))
-  rank = len(frames.shape) + 2
-  order = list(range(rank - 5)) + [rank - 5, rank - 3, rank - 4, rank - 2,
-                                   rank - 1]
-  patched = tf.transpose(patched, order)
-  return tf.reshape(patched, tf.concat([
-      lead, [height // patch_size, width // patch_size,
-             patch_size * patch_size * channels]], 0))
 
 
 def padded_batches(chunks, batch_size):
@@ -95,20 +59,13 @@ def padded_batches(chunks, batch_size):
     yield np.concatenate([joined, padding]), valid
 
 
-def as_numpy_batches(dataset, num_devices, patch_size=1):
+def as_numpy_batches(dataset, num_devices):
   """Iterates a batched tf.data.Dataset as numpy, split over devices.
 
   Elements may be a tensor (B, T, H, W, C) or a dict holding 'frames'; every
   leaf gets the leading device axis.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if patch_size > 1:
-    def patch(element):
-      if isinstance(element, dict):
-        return dict(element, frames=tf_space_to_depth(element['frames'],
-                                                      patch_size))
-      return tf_space_to_depth(element, patch_size)
-    dataset = dataset.map(patch, num_parallel_calls=tf.data.AUTOTUNE)
   for element in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
     if isinstance(element, dict):
       yield {k: split_for_devices(v, num_devices) for k, v in element.items()}

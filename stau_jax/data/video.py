@@ -163,27 +163,14 @@ def read_frames(path, sources_path=''):
   return read_clip_folders(path)
 
 
-def video_decoder():
-  """Returns a function path -> uint8 (T, H, W, 3), or raises ImportError."""
-  if importlib.util.find_spec('av') is not None:
-    def decode_with_pyav(path):
-      import av  # pylint: disable=g-import-not-at-top
-      with av.open(path) as container:
-        return np.stack([frame.to_ndarray(format='rgb24')
-                         for frame in container.decode(video=0)])
-    return decode_with_pyav
-  if importlib.util.find_spec('cv2') is not None:
-    def decode_with_opencv(path):
-      import cv2  # pylint: disable=g-import-not-at-top
-      capture = cv2.VideoCapture(path)
-      frames = []
-      ok, frame = capture.read()
-      while ok:
-        frames.append(frame[..., ::-1])
-        ok, frame = capture.read()
-      capture.release()
-      return np.stack(frames)
-    return decode_with_opencv
+def video_backend():
+  """'av' (PyAV) or else 'cv2' (OpenCV), whichever is installed.
+
+  Raises ImportError saying what to install when neither is.
+  """
+  for module in ('av', 'cv2'):
+    if importlib.util.find_spec(module) is not None:
+      return module
   raise ImportError('Decoding video files needs PyAV (pip install av) or '
                     'OpenCV (pip install opencv-python); or extract the frames '
                     'into image folders (e.g. with ffmpeg) and point the config '
@@ -192,23 +179,26 @@ def video_decoder():
 
 def iterate_video(path):
   """Yields the frames of a video file as uint8 (H, W, 3), one at a time."""
-  if importlib.util.find_spec('av') is not None:
+  if video_backend() == 'av':
     import av  # pylint: disable=g-import-not-at-top
     with av.open(path) as container:
       for frame in container.decode(video=0):
         yield frame.to_ndarray(format='rgb24')
-  elif importlib.util.find_spec('cv2') is not None:
-    import cv2  # pylint: disable=g-import-not-at-top
-    capture = cv2.VideoCapture(path)
-    try:
+    return
+  import cv2  # pylint: disable=g-import-not-at-top
+  capture = cv2.VideoCapture(path)
+  try:
+    ok, frame = capture.read()
+    while ok:
+      yield np.ascontiguousarray(frame[..., ::-1])  # BGR -> RGB.
       ok, frame = capture.read()
-      while ok:
-        yield np.ascontiguousarray(frame[..., ::-1])
-        ok, frame = capture.read()
-    finally:
-      capture.release()
-  else:
-    video_decoder()  # Raises the ImportError saying what to install.
+  finally:
+    capture.release()
+
+
+def decode_video(path):
+  """Every frame of a video file: uint8 (T, H, W, 3)."""
+  return np.stack(list(iterate_video(path)))
 
 
 # Windows -------------------------------------------------------------------
@@ -287,10 +277,9 @@ def _frame_loader(frames, channels):
         decode, tf.gather(paths, indices),
         fn_output_signature=tf.TensorSpec((None, None, channels), tf.uint8))
   videos = frames.videos
-  decoder = video_decoder()
 
   def decode_clip(clip, length):
-    video = decoder(videos[int(clip)])
+    video = decode_video(videos[int(clip)])
     if len(video) < length:
       raise ValueError(f'{videos[int(clip)]}: {len(video)} frames, fewer than '
                        f'the {length} each sequence needs')
@@ -389,11 +378,12 @@ def _sthsth_split(config, split):
     raise ValueError(f'{root}: none of the clips listed in '
                      f'config.data.{split}_labels are in this folder (expected '
                      '<id>.webm files or <id>/ frame folders)')
-  length = eval_length(config) if split == 'test' else config.data.total_length
+  length = (pipeline.eval_total_length(config) if split == 'test' else
+            config.data.total_length)
   videos = [os.path.join(root, i + ext) for i in ids for ext in
             VIDEO_EXTENSIONS if os.path.isfile(os.path.join(root, i + ext))]
   if len(videos) == len(ids):
-    video_decoder()  # Fail now when no decoder is installed.
+    video_backend()  # Fail now when no decoder is installed.
     frames = Frames(root, np.ones(len(ids), np.int64), videos=videos)
     windows = np.repeat(np.arange(len(ids))[:, None], length, axis=1)
     return frames, windows, labels
@@ -420,7 +410,7 @@ def _towncentre_split(config, split):
   else:
     first = total - num_test
     lengths = np.array([first, num_test])
-    length = eval_length(config)
+    length = pipeline.eval_total_length(config)
     windows = first + sliding_windows(lengths[1:], length, length, path)
   return frames, windows
 
@@ -437,12 +427,12 @@ def _kitti_split(config, split):
     windows = sliding_windows(frames.clip_lengths, config.data.total_length,
                               1, path)
   else:
-    length = eval_length(config)
+    length = pipeline.eval_total_length(config)
     windows = sliding_windows(frames.clip_lengths, length, length, path)
   return frames, windows
 
 
-def extract_frames(video_path, folder, log_every=500):
+def extract_frames(video_path, folder):
   """Writes every frame of a video file as folder/%06d.png (needs a decoder).
 
   Returns the number of frames written.
@@ -454,7 +444,7 @@ def extract_frames(video_path, folder, log_every=500):
     # compress_level=1: lossless and several times faster than the default.
     Image.fromarray(frame).save(os.path.join(folder, f'{count - 1:06d}.png'),
                                 compress_level=1)
-    if log_every and count % log_every == 0:
+    if count % 500 == 0:
       logging.info('%s: extracted %d frames.', video_path, count)
   return count
 
@@ -485,7 +475,7 @@ def cached_frames(video_path, data_dir=''):
         logging.warning('%s is newer than its frames cache %s; delete the '
                         'cache to decode the video again.', video_path, folder)
       return folder
-  video_decoder()  # Fail now, saying what to install, when there is none.
+  video_backend()  # Fail now, saying what to install, when there is none.
   writable = [f for f in candidates
               if os.access(os.path.dirname(os.path.abspath(f)), os.W_OK)]
   if not writable:
@@ -518,10 +508,6 @@ def cached_frames(video_path, data_dir=''):
       shutil.rmtree(temporary, ignore_errors=True)
   logging.info('%s: cached %d frames in %s.', video_path, count, folder)
   return folder
-
-
-def eval_length(config):
-  return config.data.get('test_total_length') or config.data.total_length
 
 
 def load_split(config, split):
@@ -557,7 +543,7 @@ def validate(config):
 
 
 def create_train_iterator(config, *, seed, num_devices, start_step=0,
-                          process_index=0, process_count=1, patch_size=1):
+                          process_index=0, process_count=1):
   """Endless float32 (num_devices, per_device, T, H, W, C) batches."""
   per_device = pipeline.per_device_batch(config.batch_size, num_devices,
                                          process_count)
@@ -569,16 +555,15 @@ def create_train_iterator(config, *, seed, num_devices, start_step=0,
       frames, windows, config, batch_size=host_batch, seed=seed, train=True,
       process_index=process_index, process_count=process_count,
       start_element=start_step * host_batch)
-  return pipeline.as_numpy_batches(dataset, num_devices, patch_size)
+  return pipeline.as_numpy_batches(dataset, num_devices)
 
 
-def create_test_iterator(config, batch_size, *, patch_size=1):
+def create_test_iterator(config, batch_size):
   """One ordered pass: {'frames': (B, T, H, W, C), 'valid': bool (B,)}."""
   frames, windows, _ = load_split(config, 'test')
   dataset = build_dataset(frames, windows, config, batch_size=batch_size,
                           train=False)
-  chunks = (batch[0] for batch in pipeline.as_numpy_batches(dataset, 1,
-                                                             patch_size))
+  chunks = (batch[0] for batch in pipeline.as_numpy_batches(dataset, 1))
   return ({'frames': batch, 'valid': valid}
           for batch, valid in pipeline.padded_batches(chunks, batch_size))
 
