@@ -65,7 +65,8 @@ def validate_eval_config(config):
   jax.eval_shape(lambda p, t: (metrics.batch_sums(p, t, names=per_frame),
                                metrics.batch_features(p, t, set_level)),
                  clips, clips)
-  size = expected_test_size(config, config.eval_batch_size,
+  size = expected_test_size(data.test_set_size(config),
+                            config.eval_batch_size,
                             config.get('num_eval_batches', -1))
   for name in set_level:
     if size is not None and size < metrics.SET_METRICS[name].min_count:
@@ -75,9 +76,9 @@ def validate_eval_config(config):
           'or config.eval_batch_size.')
 
 
-def expected_test_size(config, batch_size, num_batches):
-  """Sequences an evaluation will see, when the config tells (else None)."""
-  size = data.test_set_size(config)
+def expected_test_size(size, batch_size, num_batches):
+  """Sequences an evaluation of num_batches batches (-1: all) will see, of
+  a test set of `size` sequences (None: unknown); None when unknown."""
   if num_batches > 0:
     size = min(size or num_batches * batch_size, num_batches * batch_size)
   return size
@@ -145,7 +146,7 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
     eval_step: from `make_eval_step`.
     params: parameters replicated over the local devices.
     batches: iterator of {'frames': (B, T, H, W, C), 'valid': (B,)} global
-      batches (`data.create_test_iterator`); each host evaluates its slice,
+      batches (`data.TestSet.batches`); each host evaluates its slice,
       and B must be divisible by the number of devices of all hosts.
     num_batches: stop after this many batches; -1 for all.
     num_samples: how many sequences of the first batch to return.
@@ -211,10 +212,10 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   validate_eval_config(config)
   eval_step = make_eval_step(models.create_model(config), config, baseline)
   replicated = distributed.replicate(params)
-  result, _ = evaluate(eval_step, replicated,
-                       data.create_test_iterator(config, batch_size),
+  test_set = data.load_test_set(config)
+  result, _ = evaluate(eval_step, replicated, test_set.batches(batch_size),
                        num_batches, num_sequences=expected_test_size(
-                           config, batch_size, num_batches))
+                           test_set.size, batch_size, num_batches))
   return result
 
 

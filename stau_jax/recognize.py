@@ -190,7 +190,7 @@ def evaluate(p_eval_step, params, predictor_params, batches, has_predictions):
   """Top-1, top-5 and PSNR over `batches`; every host calls it.
 
   batches: {'frames', 'labels', 'valid'} global batches
-  (`data.create_labelled_test_iterator`); each host takes its slice.
+  (`data.TestSet.batches`); each host takes its slice.
   Returns {'count', 'top1', 'top5', 'psnr'} (accuracies in [0, 1]; psnr in
   dB, None without a predictor).
   """
@@ -263,8 +263,10 @@ def recognition_task(config, predictor_params=None):
         process_index=jax.process_index(),
         process_count=jax.process_count()), num_classes, 'Training')
 
+  test_set = data.load_labelled_test_set(config)
+
   def evaluate_state(state):
-    batches = data.create_labelled_test_iterator(config)
+    batches = test_set.batches(config.eval_batch_size)
     if config.num_eval_batches > 0:
       batches = (b for _, b in zip(range(config.num_eval_batches), batches))
     return evaluate(p_eval_step, state.params, replicated,

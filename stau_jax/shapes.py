@@ -1,4 +1,4 @@
-"""Frame-size rules shared by the model and the input pipelines (no JAX needed)."""
+"""The model's frame-size rule, checked on configs and on frames (no JAX needed)."""
 
 
 def check_frame_size(name, height, width, patch_size, num_downsample):

@@ -224,6 +224,7 @@ def prediction_task(config):
   optimizer = create_optimizer(config)
   state = create_train_state(config, model, optimizer)
   eval_step = evaluate.make_eval_step(models.create_model(config), config)
+  test_set = data.load_test_set(config)
 
   def train_batches(start_step):
     return data.create_train_iterator(
@@ -232,9 +233,9 @@ def prediction_task(config):
 
   def evaluate_state(state):
     return evaluate.evaluate(
-        eval_step, state.params, data.create_test_iterator(config),
+        eval_step, state.params, test_set.batches(config.eval_batch_size),
         config.num_eval_batches, NUM_SAMPLES, evaluate.expected_test_size(
-            config, config.eval_batch_size, config.num_eval_batches))
+            test_set.size, config.eval_batch_size, config.num_eval_batches))
 
   def write_evaluation(writer, step, result, samples):
     writer.write_evaluation(step, result, result['mean'],

@@ -182,7 +182,7 @@ def test_stale_workdir_lock_of_a_dead_process_is_taken_over(tmp_path,
       {'host': socket.gethostname(), 'pid': finished.pid}))
   with checkpoints.workdir_lock(workdir):
     assert _lock_holder(workdir)['pid'] == os.getpid()
-  assert f'Taking over the workdir lock' in caplog.text
+  assert 'Taking over the workdir lock' in caplog.text
   assert str(finished.pid) in caplog.text
   assert os.listdir(workdir) == []
 

@@ -168,8 +168,9 @@ def test_wrong_npy_layout_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize('change, match', [
-    (dict(image_size=(17, 16)), r'config.data.image_size 17x16 is not divisible by .* = 2'),
-    (dict(input_length=8), 'input_length=8 must be positive and smaller'),
+    (dict(image_size=(16,)), r'image_size=\(16,\) must be \(height, width\)'),
+    (dict(test_total_length=4), 'test_total_length=4 must be larger than '
+                                'input_length=4'),
     (dict(test_set='/nowhere/mnist_test_seq.npy'),
      'file /nowhere/mnist_test_seq.npy does not exist'),
     (dict(test_set='something'), "must be 'official', 'generated' or"),
@@ -187,7 +188,7 @@ def test_batch_not_divisible_by_devices_is_named():
   config.batch_size = 6
   with pytest.raises(ValueError, match=r'batch_size=6 is not divisible by '
                      r'num_devices \* process_count = 4 \* 1'):
-    data_lib.create_train_iterator(config, num_devices=4)
+    data_lib.validate_data_config(config, num_devices=4)
 
 
 _NO_TF_SCRIPT = r"""
@@ -275,3 +276,29 @@ def test_labelled_sets_are_the_same_videos_with_wall_labels_they_show():
   batch = next(train)
   assert batch['frames'].shape == (1, 4, 12, 16, 16, 1)
   assert batch['labels'].shape == (1, 4) and batch['labels'].dtype == np.int32
+
+
+@pytest.mark.parametrize('test_set', ['npy', 'generated'])
+def test_a_test_set_is_read_once_and_every_pass_is_the_same(
+    tmp_path, monkeypatch, test_set):
+  """Files and digits are read when the set is loaded, not on every pass."""
+  path = str(tmp_path / 'mnist_test_seq.npy')
+  np.save(path, np.random.default_rng(0).integers(0, 256, (20, 5, 64, 64),
+                                                  np.uint8))
+  config = (_config(test_set=path, image_size=(64, 64), input_length=10,
+                    total_length=20) if test_set == 'npy' else
+            _config(num_test_sequences=5))
+  reads = []
+  for module, name in ((np, 'load'), (mnist_digits, 'load_digits')):
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, original=original, **k: (
+        reads.append(a[0]), original(*a, **k))[1])
+  loaded = data_lib.load_test_set(config)
+  assert len(reads) == 1 and loaded.size == 5
+  passes = [np.concatenate([b['frames'][b['valid']]
+                            for b in loaded.batches(batch_size)])
+            for batch_size in (2, 3, 2)]
+  assert len(reads) == 1
+  np.testing.assert_array_equal(passes[0], passes[1])
+  np.testing.assert_array_equal(passes[0], passes[2])
+  assert passes[0].shape[0] == 5

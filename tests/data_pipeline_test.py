@@ -14,21 +14,20 @@ def test_split_for_devices_adds_a_leading_device_axis():
     pipeline.split_for_devices(batch, 3)
 
 
-def test_per_device_batch_names_the_values():
-  assert pipeline.per_device_batch(16, 2, 2) == 4
-  with pytest.raises(ValueError, match=r'batch_size=6 is not divisible by '
-                     r'num_devices \* process_count = 4 \* 1'):
-    pipeline.per_device_batch(6, 4)
-
-
 def test_padded_batches_keep_every_row_and_mark_padding():
-  chunks = [np.full((n, 2), i + 1) for i, n in enumerate((3, 1, 3))]
+  sizes = (3, 1, 3)
+  chunks = [{'frames': np.full((n, 2), i + 1), 'labels': np.full(n, 10 + i)}
+            for i, n in enumerate(sizes)]
   batches = list(pipeline.padded_batches(chunks, 3))
-  assert [b.shape for b, _ in batches] == [(3, 2)] * 3
-  np.testing.assert_array_equal(batches[-1][1], [True, False, False])
-  np.testing.assert_array_equal(batches[-1][0][1:], 0)
-  kept = np.concatenate([b[v] for b, v in batches])
-  np.testing.assert_array_equal(kept, np.concatenate(chunks))
+  assert [b['frames'].shape for b in batches] == [(3, 2)] * 3
+  assert [b['labels'].shape for b in batches] == [(3,)] * 3
+  np.testing.assert_array_equal(batches[-1]['valid'], [True, False, False])
+  np.testing.assert_array_equal(batches[-1]['frames'][1:], 0)
+  np.testing.assert_array_equal(batches[-1]['labels'][1:], 0)
+  for name in ('frames', 'labels'):
+    kept = np.concatenate([b[name][b['valid']] for b in batches])
+    np.testing.assert_array_equal(kept, np.concatenate(
+        [c[name] for c in chunks]))
 
 
 def test_window_index_dataset_is_seeded_repeated_and_sharded():

@@ -10,6 +10,7 @@ from configs import kitti
 from configs import sthsth
 from configs import towncentre
 from stau_jax import data as data_lib
+from stau_jax import models
 from stau_jax.data import video
 
 pytest.importorskip('tensorflow')
@@ -439,4 +440,4 @@ def test_paper_configs_validate_their_shapes():
   config = kitti.get_config()
   config.data.image_size = (124, 160)
   with pytest.raises(ValueError, match=r'124x160 is not divisible by .* 8'):
-    data_lib.validate_data_config(config, num_devices=1)
+    models.validate_model_config(config)

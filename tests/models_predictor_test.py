@@ -277,7 +277,8 @@ def test_patching_follows_the_spec_order():
     ('model.filter_size', 4, 'filter_size must be odd'),
     ('model.tau', 0, 'config.model.tau must be a positive integer'),
     ('model.num_downsample', 5, 'divisible by patch_size'),
-    ('data.image_size', (16, 15), 'Frame size 16x15'),
+    ('data.image_size', (16, 15), 'config.data.image_size 16x15 is not '
+                                  'divisible by'),
     ('data.input_length', 8, 'input_length < config.data.total_length'),
     ('model.conv_impl', 'cudnn', 'config.model.conv_impl'),
     ('model.layer_loop', 'while', 'config.model.layer_loop'),

@@ -8,7 +8,6 @@ import time
 import numpy as np
 
 from stau_jax import summaries
-from stau_jax import train
 from tests import runs
 
 _TRAIN = """

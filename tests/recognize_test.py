@@ -165,8 +165,9 @@ def test_wrong_label_files_are_named(tmp_path):
 
 
 @pytest.mark.parametrize('change, match', [
-    (dict(input_length=12), r'input_length=12 must be positive and smaller '
-                            r'than total_length=12'),
+    (dict(input_length=12, test_total_length=13),
+     r'input_length < config.data.total_length; got '
+     r'input_length=12, total_length=12'),
     (dict(test_total_length=4), r'test_total_length=4 must be larger than '
                                 r'input_length=4'),
     (dict(test_set='official', image_size=(64, 64)),
@@ -176,7 +177,7 @@ def test_videos_too_short_or_without_labels_are_named(change, match):
   config = _action_config()
   config.data.update(change)
   with pytest.raises(ValueError, match=match):
-    next(data.create_labelled_test_iterator(config))
+    recognize.validate_config(config, 1, 1)
 
 
 def test_config_and_predictor_mismatches_are_named(tmp_path):

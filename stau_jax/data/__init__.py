@@ -2,27 +2,29 @@
 
 Entry points used by the training loop (importable without TensorFlow):
 
+* `validate_data_config(config, ...)`: raises ValueError for bad settings.
+  The entry points (train.validate_config, evaluate_params) run it once,
+  before any work; the functions below trust the config.
 * `create_train_iterator(config, ...)`: endless, resumable iterator of
   float32 (num_devices, per_device_batch, T, H, W, C) batches in [0, 1].
-* `create_test_iterator(config, batch_size=None)`: one deterministic pass over
-  the test set as dicts {'frames': float32 (B, T_test, H, W, C), 'valid': bool
-  (B,)}; the last batch is zero-padded to B and `valid` marks its real rows.
-* `validate_data_config(config, ...)`: raises ValueError for bad settings
-  before training starts.
-* `create_labelled_train_iterator` and `create_labelled_test_iterator`: the
-  same with action labels, for early action recognition ('sthsth', and
+* `load_test_set(config)`: the test set opened once per run (a `TestSet`);
+  each `TestSet.batches(B)` is one deterministic pass as dicts {'frames':
+  float32 (B, T_test, H, W, C), 'valid': bool (B,)}; the last batch is
+  zero-padded to B and `valid` marks its real rows. `create_test_iterator`
+  is one such pass, for one-off use.
+* `create_labelled_train_iterator` and `load_labelled_test_set`: the same
+  with action labels, for early action recognition ('sthsth', and
   'moving_mnist' labelled by `moving_mnist.next_wall_labels`).
 
 Moving MNIST is pure numpy (it runs without TensorFlow); the real-video
 datasets ('kitti', 'towncentre', 'sthsth') are tf.data pipelines.
 """
-import itertools
 import os
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from absl import logging
 import numpy as np
 
-from stau_jax import shapes
 from stau_jax.data import mnist_digits
 from stau_jax.data import moving_mnist
 from stau_jax.data import pipeline
@@ -32,7 +34,10 @@ DATASETS = ('moving_mnist',) + VIDEO_DATASETS
 DIGIT_SOURCES = ('auto', 'tfds', 'bundled')
 
 
-eval_total_length = pipeline.eval_total_length
+
+def eval_total_length(config):
+  """Frames per test sequence: data.test_total_length, or total_length when 0."""
+  return config.data.get('test_total_length') or config.data.total_length
 
 
 def _local_device_count():
@@ -43,9 +48,11 @@ def _local_device_count():
 def validate_data_config(config, num_devices=None, process_count=1):
   """Raises ValueError naming the bad value and what is expected.
 
-  Checks the dataset name, frame sizes against patch_size * 2**num_downsample,
-  sequence lengths, batch divisibility by devices and hosts, and (for the
-  real-video datasets and .npy test sets) that the input paths exist.
+  Checks the dataset name, frame size and sequence lengths, batch
+  divisibility by devices and hosts, and (for the real-video datasets and
+  .npy test sets) that the input files exist. The model's constraints on
+  them (patch_size * 2**num_downsample dividing the frame size) are
+  `models.validate_model_config`'s.
   """
   data = config.data
   if data.dataset not in DATASETS:
@@ -57,13 +64,6 @@ def validate_data_config(config, num_devices=None, process_count=1):
     raise ValueError(f'config.data.image_size={image_size} must be (height, '
                      'width) with positive sizes, e.g. '
                      '--config.data.image_size="(64, 64)"')
-  image_size = tuple(image_size)
-  shapes.check_frame_size('config.data.image_size', *image_size,
-                          config.model.patch_size, config.model.num_downsample)
-  if not 0 < data.input_length < data.total_length:
-    raise ValueError(
-        f'config.data.input_length={data.input_length} must be positive and '
-        f'smaller than total_length={data.total_length}')
   if eval_total_length(config) <= data.input_length:
     raise ValueError(
         f'config.data.test_total_length={eval_total_length(config)} must be '
@@ -107,7 +107,7 @@ def _validate_moving_mnist(config):
           '64)')
     if not os.path.exists(path):
       raise ValueError(f'config.data.test_set: file {path} does not exist')
-    moving_mnist.load_official_npy(path)
+    moving_mnist.load_official_npy(path, eval_total_length(config))
   if (data.test_set == 'official' and
       not mnist_digits.tensorflow_available()):
     raise ValueError("config.data.test_set='official' reads TFDS "
@@ -138,7 +138,8 @@ def create_train_iterator(config, *, seed=None, num_devices=None,
   """Endless iterator of training batches, split over local devices.
 
   Args:
-    config: experiment config (see configs/mmnist.py).
+    config: experiment config (see configs/mmnist.py), validated
+      (`validate_data_config`).
     seed: stream seed; defaults to config.seed.
     num_devices: local devices; defaults to jax.local_device_count().
     start_step: first batch yielded; the stream from step k equals the
@@ -151,7 +152,6 @@ def create_train_iterator(config, *, seed=None, num_devices=None,
     process_count), T, H, W, C) in [0, 1]; the model patches frames itself.
   """
   num_devices = num_devices or _local_device_count()
-  validate_data_config(config, num_devices, process_count)
   seed = config.seed if seed is None else seed
   host_batch = config.batch_size // process_count
   data = config.data
@@ -168,48 +168,67 @@ def create_train_iterator(config, *, seed=None, num_devices=None,
   return (pipeline.split_for_devices(batch, num_devices) for batch in batches)
 
 
-def _moving_mnist_test_chunks(config):
-  """uint8 (n, T, H, W) chunks of the configured Moving MNIST test set."""
+class TestSet(NamedTuple):
+  """A test set opened once per run: files read or memory-mapped, digits
+  loaded, tf.data pipelines built. Every `batches` call is a new ordered pass.
+
+  size: sequences, or None when only a pass tells (TFDS moving_mnist).
+  chunks: () -> iterator of dicts {'frames': float32 (n, T_test, H, W, C)
+    in [0, 1], and for labelled sets 'labels': int32 (n,)}, n varying.
+  """
+  size: Optional[int]
+  chunks: Callable[[], Iterator[dict]]
+
+  def batches(self, batch_size):
+    """One ordered pass in batches of `batch_size` sequences.
+
+    Yields the chunks' dicts re-batched to B = batch_size rows plus 'valid':
+    bool (B,); the last batch is zero-padded and `valid` is False on its
+    padding rows (count real sequences with valid.sum()).
+    """
+    return pipeline.padded_batches(self.chunks(), batch_size)
+
+
+def _moving_mnist_frames(chunks):
+  return ({'frames': moving_mnist.to_float(frames)} for frames in chunks)
+
+
+def load_test_set(config):
+  """The `TestSet` of config's test frames (config validated)."""
   data = config.data
   length = eval_total_length(config)
+  if data.dataset != 'moving_mnist':
+    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
+    return video.load_test_set(config)
   if data.test_set == 'generated':
     bank = _digit_bank(config, 'heldout')
+    seed = data.get('test_seed', 1234)
     logging.info('Generated Moving MNIST test set: %d sequences, seed %d.',
-                 data.num_test_sequences, data.get('test_seed', 1234))
-    return moving_mnist.generated_test_set(
-        bank, seed=data.get('test_seed', 1234),
-        num_sequences=data.num_test_sequences, num_digits=data.num_digits,
-        total_length=length, image_size=tuple(data.image_size))
+                 data.num_test_sequences, seed)
+    return TestSet(data.num_test_sequences, lambda: _moving_mnist_frames(
+        moving_mnist.generated_test_set(
+            bank, seed=seed, num_sequences=data.num_test_sequences,
+            num_digits=data.num_digits, total_length=length,
+            image_size=tuple(data.image_size))))
   if data.test_set == 'official':
-    return moving_mnist.official_tfds_chunks(data.data_dir, length)
-  return moving_mnist.official_npy_chunks(data.test_set, length)
+    dataset = moving_mnist.official_tfds_test_set(data.data_dir)
+    return TestSet(None, lambda: _moving_mnist_frames(
+        moving_mnist.official_tfds_chunks(dataset, length)))
+  array = moving_mnist.load_official_npy(data.test_set, length)
+  return TestSet(array.shape[1], lambda: _moving_mnist_frames(
+      moving_mnist.official_npy_chunks(array, length)))
 
 
 def create_test_iterator(config, batch_size=None):
-  """One deterministic pass over the test set.
-
-  Args:
-    config: experiment config.
-    batch_size: sequences per batch; defaults to config.eval_batch_size.
-
-  Returns:
-    Iterator of {'frames': float32 (B, T_test, H, W, C) in [0, 1], 'valid':
-    bool (B,)}. Settings are checked before it is returned.
-    Every batch has B rows; the last one is zero-padded and `valid` is False
-    on its padding rows (count real sequences with valid.sum()).
+  """One pass over `load_test_set(config)`, in batches of batch_size
+  (default config.eval_batch_size): {'frames', 'valid'} (`TestSet.batches`).
   """
-  batch_size = batch_size or config.eval_batch_size
-  validate_data_config(config, num_devices=1)
-  if config.data.dataset != 'moving_mnist':
-    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
-    return video.create_test_iterator(config, batch_size)
-  chunks = _moving_mnist_test_chunks(config)
-  return ({'frames': moving_mnist.to_float(frames), 'valid': valid}
-          for frames, valid in pipeline.padded_batches(chunks, batch_size))
+  return load_test_set(config).batches(batch_size or config.eval_batch_size)
 
 
 def test_set_size(config):
-  """Sequences in config's test set when known without reading it, else None."""
+  """Sequences in config's test set when the config (or the .npy header)
+  tells, else None; for validation, before the set is loaded."""
   data = config.data
   if data.dataset != 'moving_mnist' or data.test_set == 'official':
     return None
@@ -221,6 +240,10 @@ def test_set_size(config):
 def num_label_classes(config):
   """Classes of the dataset's action labels (ValueError if it has none)."""
   if config.data.dataset == 'moving_mnist':
+    if config.data.test_set != 'generated':
+      raise ValueError(
+          f'config.data.test_set={config.data.test_set!r}: labelled Moving '
+          "MNIST needs the digits' trajectories; use test_set='generated'")
     return len(moving_mnist.NEXT_WALL_CLASSES)
   if config.data.dataset == 'sthsth':
     return config.classifier.num_classes
@@ -232,13 +255,13 @@ def create_labelled_train_iterator(config, *, num_devices=None, start_step=0,
                                    process_index=0, process_count=1):
   """Endless, resumable training batches with their action labels.
 
+  The config is validated (`validate_data_config`, `num_label_classes`).
+
   Returns:
     Iterator of {'frames': float32 (num_devices, per_device_batch, T, H, W,
     C) in [0, 1], 'labels': int32 (num_devices, per_device_batch)}.
   """
   num_devices = num_devices or _local_device_count()
-  validate_data_config(config, num_devices, process_count)
-  num_label_classes(config)
   host_batch = config.batch_size // process_count
   data = config.data
   if data.dataset == 'sthsth':
@@ -259,41 +282,27 @@ def create_labelled_train_iterator(config, *, num_devices=None, start_step=0,
            for k, v in batch.items()} for batch in batches)
 
 
-def create_labelled_test_iterator(config, batch_size=None):
-  """One deterministic pass over the labelled test set.
-
-  Returns:
-    Iterator of {'frames': float32 (B, T_test, H, W, C), 'labels': int32
-    (B,), 'valid': bool (B,)}; the last batch is zero-padded as in
-    `create_test_iterator`.
-  """
-  batch_size = batch_size or config.eval_batch_size
-  validate_data_config(config, num_devices=1)
-  num_label_classes(config)
+def load_labelled_test_set(config):
+  """The `TestSet` of config's test frames with their action labels."""
   data = config.data
   if data.dataset == 'sthsth':
     from stau_jax.data import video  # pylint: disable=g-import-not-at-top
-    dataset = video.sthsth_dataset(config, 'test', batch_size, train=False)
-    chunks = ((batch['frames'][0], batch['label'][0].astype(np.int32))
-              for batch in pipeline.as_numpy_batches(dataset, 1))
-  else:
-    if data.test_set != 'generated':
-      raise ValueError(
-          f'config.data.test_set={data.test_set!r}: labelled Moving MNIST '
-          "needs the digits' trajectories; use test_set='generated'")
-    chunks = ((moving_mnist.to_float(frames), labels)
-              for frames, labels in moving_mnist.labelled_test_set(
-                  _digit_bank(config, 'heldout'),
-                  seed=data.get('test_seed', 1234),
-                  num_sequences=data.num_test_sequences,
-                  num_digits=data.num_digits,
-                  total_length=eval_total_length(config),
-                  image_size=tuple(data.image_size),
-                  input_length=data.input_length))
-  frame_chunks, label_chunks = itertools.tee(chunks)
-  return ({'frames': frames, 'labels': labels, 'valid': valid}
-          for (frames, valid), (labels, _) in zip(
-              pipeline.padded_batches((f for f, _ in frame_chunks),
-                                      batch_size),
-              pipeline.padded_batches((l for _, l in label_chunks),
-                                      batch_size)))
+    return video.load_test_set(config, labelled=True)
+  bank = _digit_bank(config, 'heldout')
+  seed = data.get('test_seed', 1234)
+
+  def chunks():
+    for frames, labels in moving_mnist.labelled_test_set(
+        bank, seed=seed, num_sequences=data.num_test_sequences,
+        num_digits=data.num_digits, total_length=eval_total_length(config),
+        image_size=tuple(data.image_size), input_length=data.input_length):
+      yield {'frames': moving_mnist.to_float(frames), 'labels': labels}
+
+  return TestSet(data.num_test_sequences, chunks)
+
+
+def create_labelled_test_iterator(config, batch_size=None):
+  """One pass over `load_labelled_test_set(config)`: {'frames', 'labels',
+  'valid'} batches as `create_test_iterator` yields."""
+  return load_labelled_test_set(config).batches(
+      batch_size or config.eval_batch_size)

@@ -22,6 +22,7 @@ FLAGS = flags.FLAGS
 
 def measure(config, seconds=5.0, warmup=3):
   """Returns throughput stats of the training iterator on one device."""
+  data_lib.validate_data_config(config, num_devices=1)
   iterator = data_lib.create_train_iterator(config, num_devices=1)
   for _ in range(warmup):
     batch = next(iterator)

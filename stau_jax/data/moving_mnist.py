@@ -261,8 +261,12 @@ def labelled_test_set(digit_bank, *, seed, num_sequences, num_digits,
                             image_size, input_length)
 
 
-def load_official_npy(path):
-  """Memory-maps the official mnist_test_seq.npy: uint8 (20, N, 64, 64)."""
+def load_official_npy(path, total_length=20):
+  """Memory-maps the official mnist_test_seq.npy: uint8 (20, N, 64, 64).
+
+  Raises ValueError unless it is readable, in that layout, and holds at
+  least total_length frames per sequence.
+  """
   try:
     array = np.load(path, mmap_mode='r')
   except (OSError, ValueError) as error:
@@ -271,22 +275,23 @@ def load_official_npy(path):
     raise ValueError(
         f'{path}: expected the official Moving MNIST layout uint8 (20, N, 64, '
         f'64) (time, sequence, height, width), got {array.dtype} {array.shape}')
-  return array
-
-
-def official_npy_chunks(path, total_length, chunk=TEST_CHUNK):
-  """Yields uint8 (n, T, 64, 64) chunks of an official-layout .npy file."""
-  array = load_official_npy(path)
   if total_length > array.shape[0]:
     raise ValueError(f'{path}: has {array.shape[0]} frames per sequence, the '
                      f'config needs total_length={total_length}')
-  for start in range(0, array.shape[1], chunk):
+  return array
+
+
+def official_npy_chunks(array, total_length):
+  """Yields uint8 (n, T, 64, 64) chunks of an official-layout array
+  (`load_official_npy`)."""
+  for start in range(0, array.shape[1], TEST_CHUNK):
     yield np.ascontiguousarray(
-        array[:total_length, start:start + chunk].transpose(1, 0, 2, 3))
+        array[:total_length, start:start + TEST_CHUNK].transpose(1, 0, 2, 3))
 
 
-def official_tfds_chunks(data_dir, total_length, chunk=TEST_CHUNK):
-  """Yields uint8 (n, T, 64, 64) chunks of TFDS `moving_mnist` (test split).
+def official_tfds_test_set(data_dir):
+  """TFDS `moving_mnist`'s test split as a tf.data.Dataset of TEST_CHUNK
+  sequences (read with `official_tfds_chunks`).
 
   Needs TensorFlow; downloads the set only when it is not prepared and the
   network is reachable.
@@ -306,6 +311,11 @@ def official_tfds_chunks(data_dir, total_length, chunk=TEST_CHUNK):
           'mnist_test_seq.npy (from http://www.cs.toronto.edu/~nitish/'
           'unsupervised_video/).')
     builder.download_and_prepare()
-  dataset = builder.as_dataset(split='test').batch(chunk)
+  return builder.as_dataset(split='test').batch(TEST_CHUNK)
+
+
+def official_tfds_chunks(dataset, total_length):
+  """Yields uint8 (n, T, 64, 64) chunks of `official_tfds_test_set`."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   for example in tfds.as_numpy(dataset):
     yield example['image_sequence'][:, :total_length, ..., 0]

@@ -7,21 +7,6 @@ lazily, so importing this module never imports TensorFlow. Frames stay raw
 import numpy as np
 
 
-def eval_total_length(config):
-  """Frames per test sequence: data.test_total_length, or total_length when 0."""
-  return config.data.get('test_total_length') or config.data.total_length
-
-
-def per_device_batch(batch_size, num_devices, process_count=1):
-  """Batch size per device; raises when the global batch does not split."""
-  if batch_size % (num_devices * process_count):
-    raise ValueError(
-        f'batch_size={batch_size} is not divisible by num_devices * '
-        f'process_count = {num_devices} * {process_count}; use a multiple of '
-        f'{num_devices * process_count}.')
-  return batch_size // (num_devices * process_count)
-
-
 def split_for_devices(batch, num_devices):
   """(B, ...) -> (num_devices, B // num_devices, ...), for pmap."""
   if batch.shape[0] % num_devices:
@@ -31,32 +16,38 @@ def split_for_devices(batch, num_devices):
 
 
 def padded_batches(chunks, batch_size):
-  """Re-batches a finite stream of arrays, padding the last batch.
+  """Re-batches a finite stream of dicts of arrays, padding the last batch.
 
   Args:
-    chunks: iterable of arrays (n_i, ...) of any n_i.
+    chunks: iterable of dicts {name: array (n_i, ...)}, n_i the same within
+      a dict and any across them.
     batch_size: size B of every yielded batch.
 
   Yields:
-    (batch (B, ...), valid bool (B,)): the last batch is zero-padded and its
-    padding rows are marked False in `valid`.
+    {name: (B, ...), 'valid': bool (B,)}: the last batch is zero-padded and
+    its padding rows are marked False in 'valid'.
   """
   pending = []
   pending_count = 0
+
+  def joined():
+    return {k: np.concatenate([c[k] for c in pending]) for k in pending[0]}
+
   for chunk in chunks:
     pending.append(chunk)
-    pending_count += len(chunk)
+    pending_count += len(next(iter(chunk.values())))
     while pending_count >= batch_size:
-      joined = np.concatenate(pending)
-      yield joined[:batch_size], np.ones(batch_size, bool)
-      pending = [joined[batch_size:]]
+      rows = joined()
+      yield {**{k: v[:batch_size] for k, v in rows.items()},
+             'valid': np.ones(batch_size, bool)}
+      pending = [{k: v[batch_size:] for k, v in rows.items()}]
       pending_count -= batch_size
   if pending_count:
-    joined = np.concatenate(pending)
-    padding = np.zeros((batch_size - pending_count,) + joined.shape[1:],
-                       joined.dtype)
-    valid = np.arange(batch_size) < pending_count
-    yield np.concatenate([joined, padding]), valid
+    rows = joined()
+    yield {**{k: np.concatenate([v, np.zeros(
+        (batch_size - pending_count,) + v.shape[1:], v.dtype)])
+              for k, v in rows.items()},
+           'valid': np.arange(batch_size) < pending_count}
 
 
 def as_numpy_batches(dataset, num_devices):

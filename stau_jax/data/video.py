@@ -39,6 +39,7 @@ import tempfile
 from absl import logging
 import numpy as np
 
+from stau_jax import data as data_lib
 from stau_jax.data import pipeline
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
@@ -378,7 +379,7 @@ def _sthsth_split(config, split):
     raise ValueError(f'{root}: none of the clips listed in '
                      f'config.data.{split}_labels are in this folder (expected '
                      '<id>.webm files or <id>/ frame folders)')
-  length = (pipeline.eval_total_length(config) if split == 'test' else
+  length = (data_lib.eval_total_length(config) if split == 'test' else
             config.data.total_length)
   videos = [os.path.join(root, i + ext) for i in ids for ext in
             VIDEO_EXTENSIONS if os.path.isfile(os.path.join(root, i + ext))]
@@ -410,7 +411,7 @@ def _towncentre_split(config, split):
   else:
     first = total - num_test
     lengths = np.array([first, num_test])
-    length = pipeline.eval_total_length(config)
+    length = data_lib.eval_total_length(config)
     windows = first + sliding_windows(lengths[1:], length, length, path)
   return frames, windows
 
@@ -427,7 +428,7 @@ def _kitti_split(config, split):
     windows = sliding_windows(frames.clip_lengths, config.data.total_length,
                               1, path)
   else:
-    length = pipeline.eval_total_length(config)
+    length = data_lib.eval_total_length(config)
     windows = sliding_windows(frames.clip_lengths, length, length, path)
   return frames, windows
 
@@ -545,9 +546,7 @@ def validate(config):
 def create_train_iterator(config, *, seed, num_devices, start_step=0,
                           process_index=0, process_count=1):
   """Endless float32 (num_devices, per_device, T, H, W, C) batches."""
-  per_device = pipeline.per_device_batch(config.batch_size, num_devices,
-                                         process_count)
-  host_batch = per_device * num_devices
+  host_batch = config.batch_size // process_count
   frames, windows, _ = load_split(config, 'train')
   logging.info('%s train: %d sequences of %d frames.', frames.name,
                len(windows), windows.shape[1])
@@ -558,14 +557,26 @@ def create_train_iterator(config, *, seed, num_devices, start_step=0,
   return pipeline.as_numpy_batches(dataset, num_devices)
 
 
-def create_test_iterator(config, batch_size):
-  """One ordered pass: {'frames': (B, T, H, W, C), 'valid': bool (B,)}."""
-  frames, windows, _ = load_split(config, 'test')
-  dataset = build_dataset(frames, windows, config, batch_size=batch_size,
-                          train=False)
-  chunks = (batch[0] for batch in pipeline.as_numpy_batches(dataset, 1))
-  return ({'frames': batch, 'valid': valid}
-          for batch, valid in pipeline.padded_batches(chunks, batch_size))
+def load_test_set(config, labelled=False):
+  """The `data.TestSet` of the test split, its frames indexed and its
+  tf.data pipeline built once; with `labelled`, chunks carry 'labels'."""
+  frames, windows, labels = load_split(config, 'test')
+  if labelled and labels is None:
+    raise ValueError(f'config.data.dataset={config.data.dataset!r} has no '
+                     'action labels')
+  dataset = build_dataset(frames, windows, config,
+                          batch_size=config.eval_batch_size, train=False,
+                          labels=labels if labelled else None)
+
+  def chunks():
+    for batch in pipeline.as_numpy_batches(dataset, 1):
+      if labelled:
+        yield {'frames': batch['frames'][0],
+               'labels': batch['label'][0].astype(np.int32)}
+      else:
+        yield {'frames': batch[0]}
+
+  return data_lib.TestSet(len(windows), chunks)
 
 
 def sthsth_dataset(config, split, batch_size, *, seed=0, train=True,

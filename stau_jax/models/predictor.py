@@ -376,9 +376,8 @@ def validate_model_config(config):
         f'Need 1 <= config.data.input_length < config.data.total_length; got '
         f'input_length={data.input_length}, '
         f'total_length={data.total_length}.')
-  height, width = data.image_size
-  check_frame_shape((1, data.total_length, height, width, data.channels),
-                    model.patch_size, model.num_downsample, data.input_length)
+  shapes.check_frame_size('config.data.image_size', *data.image_size,
+                          model.patch_size, model.num_downsample)
   create_model(config)  # the unit's own checks (e.g. PredRNN++'s 2 layers)
 
 
