@@ -71,29 +71,27 @@ def test_video_experiments_use_the_papers_real_video_stau(name):
                                                            True, 3)
 
 
-def test_tiny_and_mmnist_action_values():
-  config = tiny.get_config()
+@pytest.mark.parametrize('module, model, data, run', [
+    (tiny, (2, 8, 3, 2, 2, 1), ((16, 16), 4, 8, 1, 'bundled', 32),
+     dict(batch_size=4, eval_batch_size=8, num_train_steps=40,
+          sampling_changing_rate=0.02, r_exp_alpha=5, log_every_steps=10,
+          num_eval_batches=2)),
+    (mmnist_action, (2, 16, 3, 3, 3, 2), ((32, 32), 4, 12, 1, 'bundled', 500),
+     dict(batch_size=16, eval_batch_size=50, num_train_steps=1000,
+          sampling_changing_rate=2e-3, r_exp_alpha=5000, log_every_steps=100,
+          num_eval_batches=-1)),
+])
+def test_tiny_and_mmnist_action_values(module, model, data, run):
+  """(layers, hidden, filter, tau, theta, downsampling), (image size, input
+  and total length, digits, digit source, test sequences), training fields."""
+  config = module.get_config()
   assert (config.model.num_layers, config.model.num_hidden,
           config.model.filter_size, config.model.tau, config.model.theta,
-          config.model.num_downsample) == (2, 8, 3, 2, 2, 1)
+          config.model.num_downsample) == model
   assert (tuple(config.data.image_size), config.data.input_length,
           config.data.total_length, config.data.num_digits,
-          config.data.digits, config.data.num_test_sequences) == (
-              (16, 16), 4, 8, 1, 'bundled', 32)
-  assert (config.batch_size, config.num_train_steps, config.r_exp_alpha,
-          config.num_eval_batches) == (4, 40, 5, 2)
-  config = mmnist_action.get_config()
-  assert (config.model.num_layers, config.model.num_hidden,
-          config.model.filter_size, config.model.tau, config.model.theta,
-          config.model.num_downsample) == (2, 16, 3, 3, 3, 2)
-  assert (tuple(config.data.image_size), config.data.input_length,
-          config.data.total_length, config.data.num_digits,
-          config.data.digits, config.data.num_test_sequences) == (
-              (32, 32), 4, 12, 1, 'bundled', 500)
-  assert (config.batch_size, config.eval_batch_size, config.num_train_steps,
-          config.sampling_changing_rate, config.r_exp_alpha,
-          config.log_every_steps, config.num_eval_batches) == (
-              16, 50, 1000, 2e-3, 5000, 100, -1)
+          config.data.digits, config.data.num_test_sequences) == data
+  assert {name: config[name] for name in run} == run
 
 
 def test_old_video_run_with_moving_mnist_fields_still_resumes():
