@@ -12,7 +12,6 @@ OpenSTL's cell also defines conv_o and conv_last, which its forward pass
 never uses; they are not parameters here and are skipped on conversion.
 """
 import functools
-from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -23,13 +22,8 @@ from stau_jax.models import unit
 UNUSED_TORCH_KEYS = r'cell_list\.\d+\.(conv_o|conv_last)\.'
 
 
-class ConvLSTMLayer(nn.Module):
+class ConvLSTMLayer(unit.BiasFreeConvModule):
   """One ConvLSTM layer at one time step."""
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
 
   flow_crosses_time = False
 

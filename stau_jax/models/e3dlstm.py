@@ -130,13 +130,8 @@ class WindowConvNorm(nn.Module):
     return y
 
 
-class Eidetic3DLSTMCell(nn.Module):
+class Eidetic3DLSTMCell(unit.BiasFreeConvModule):
   """One E3D-LSTM update: (window, h, c, C_hist) -> (h', c'), each (B, D, h, w, C)."""
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
 
   @nn.compact
   def __call__(self, window, hidden, cell, history, valid):
@@ -172,7 +167,7 @@ class Eidetic3DLSTMCell(nn.Module):
     return new_hidden, new_cell
 
 
-class E3DLSTMLayer(nn.Module):
+class E3DLSTMLayer(unit.BiasFreeConvModule):
   """One E3D-LSTM layer at one time step.
 
   State: (h, c) (B, D, h, w, C), the history buffer (B, T-1, D*h*w, C) and,
@@ -180,11 +175,6 @@ class E3DLSTMLayer(nn.Module):
   the bottom layer's are frames (B, h, w, in_features) that it windows
   itself, the others' the layer below's output (B, h, w, D*C).
   """
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
   bottom: bool = False
 
   flow_crosses_time = False

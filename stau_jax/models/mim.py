@@ -44,7 +44,6 @@ Quirks of the reference, and what we do:
   conversion.
 """
 import functools
-from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -57,13 +56,8 @@ FORGET_BIAS = 1.0
 UNUSED_TORCH_KEYS = r'stlstm_layer_diff\.\d+\.conv_last\.'
 
 
-class MIMS(nn.Module):
+class MIMS(unit.BiasFreeConvModule):
   """The MIMS/MIMN LSTM: (x, h, n) -> (h', n'), each (B, h, w, C)."""
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
 
   @nn.compact
   def __call__(self, inputs, hidden, cell):
@@ -86,13 +80,8 @@ class MIMS(nn.Module):
     return new_hidden, new_cell
 
 
-class STLSTMLayer(nn.Module):
+class STLSTMLayer(unit.BiasFreeConvModule):
   """MIM's bottom layer: an ST-LSTM that also sends up h' - h."""
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
 
   flow_crosses_time = True
 
@@ -116,17 +105,12 @@ class STLSTMLayer(nn.Module):
     return new_hidden, (memory, new_hidden - hidden), (new_hidden, cell)
 
 
-class MIMLayer(nn.Module):
+class MIMLayer(unit.BiasFreeConvModule):
   """A MIM layer k >= 1: OpenSTL's MIMN k-1 ('mimn') and MIMBlock k.
 
   State (h, c, n, d, e): the block's hidden and cell, its MIMS cell, and
   the MIMN's hidden and cell.
   """
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
 
   flow_crosses_time = True
 

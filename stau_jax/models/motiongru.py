@@ -155,17 +155,12 @@ class MotionGRU(nn.Module):
             new_mean)
 
 
-class MotionRNNLayer(nn.Module):
+class MotionRNNLayer(unit.BiasFreeConvModule):
   """One MotionRNN (PredRNN) layer at one time step.
 
   bottom: restarts the motion highway from the input (conv_first_v).
   motion: follows the cell with a MotionGRU block (all layers but the top).
   """
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
   bottom: bool = False
   motion: bool = True
 

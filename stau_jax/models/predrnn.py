@@ -15,7 +15,6 @@ zigzag); passes h up. Bias-free convolutions with optional LayerNorm
   h' = o * tanh(conv_last([c', M']))      (conv_last: 1x1, no LayerNorm)
 """
 import functools
-from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ from stau_jax.models import unit
 FORGET_BIAS = 1.0
 
 
-class SpatioTemporalLSTMCell(nn.Module):
+class SpatioTemporalLSTMCell(unit.BiasFreeConvModule):
   """ST-LSTM update: (x, h, c, M) -> (h', c', M', (delta_c, delta_m)), the
   input terms sigmoid(i) * tanh(g) of c' and M' that PredRNN-v2's
   decoupling loss compares.
@@ -33,11 +32,6 @@ class SpatioTemporalLSTMCell(nn.Module):
   With `highway` (MotionRNN's motion highway, (B, h, w, C)) the output gate
   also lets it through: h' = o * tanh(conv_last([c', M'])) + (1 - o) * highway.
   """
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
 
   @nn.compact
   def __call__(self, inputs, hidden, cell, memory, highway=None):
@@ -61,18 +55,13 @@ class SpatioTemporalLSTMCell(nn.Module):
     return new_hidden, new_cell, new_memory, (delta_cell, delta_memory)
 
 
-class PredRNNLayer(nn.Module):
+class PredRNNLayer(unit.BiasFreeConvModule):
   """One PredRNN layer at one time step: an ST-LSTM on the zigzag memory.
 
   Sows the cell's (delta_c, delta_m) as 'memory_deltas' into
   unit.AUXILIARY for PredRNN-v2's decoupling loss (a no-op unless the
   collection is mutable).
   """
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
 
   flow_crosses_time = True
 

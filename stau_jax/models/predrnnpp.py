@@ -38,7 +38,6 @@ Reference quirks and what we do:
     OpenSTL and the authors' code (a highway that starts nearly open).
 """
 import functools
-from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -52,13 +51,8 @@ GHU_INIT_SCALE = 0.001
 UNUSED_TORCH_KEYS = r'cell_list\.\d+\.conv_o\.'
 
 
-class CausalLSTMCell(nn.Module):
+class CausalLSTMCell(unit.BiasFreeConvModule):
   """Causal LSTM update: (x, h, c, M) -> (h', c', M')."""
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
 
   @nn.compact
   def __call__(self, inputs, hidden, cell, memory):
@@ -89,13 +83,8 @@ def _ghu_kernel_init(key, shape, dtype=jnp.float32):
                             GHU_INIT_SCALE)
 
 
-class GradientHighwayUnit(nn.Module):
+class GradientHighwayUnit(unit.BiasFreeConvModule):
   """GHU update: (x, z) -> z', a gated mix of z and tanh(p)."""
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
 
   @nn.compact
   def __call__(self, inputs, highway):
@@ -108,14 +97,9 @@ class GradientHighwayUnit(nn.Module):
     return update * jnp.tanh(p) + (1 - update) * highway
 
 
-class PredRNNppLayer(nn.Module):
+class PredRNNppLayer(unit.BiasFreeConvModule):
   """One PredRNN++ layer at one time step: a Causal LSTM on the zigzag
   memory, followed (bottom layer, `gradient_highway`) by the GHU."""
-  num_hidden: int
-  filter_size: int
-  layer_norm: bool
-  conv: Callable[..., nn.Module]
-  norm: Callable[..., nn.Module]
   gradient_highway: bool = False
 
   flow_crosses_time = True

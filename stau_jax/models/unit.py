@@ -108,10 +108,26 @@ class ConvNorm(nn.Module):
     return self.norm(name='norm')(x) if self.layer_norm else x
 
 
+class BiasFreeConvModule(nn.Module):
+  """The fields every module of the PredRNN-family units starts with.
+
+  num_hidden channels; square filter_size convolutions without bias, each
+  followed by a LayerNorm when layer_norm (OpenSTL's layer_norm); conv and
+  norm are the predictor's factories (see ConvNorm). Subclasses add their
+  own fields after these and build their ConvNorms with
+  `bias_free_conv_norm(self)`.
+  """
+  num_hidden: int
+  filter_size: int
+  layer_norm: bool
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+
+
 def bias_free_conv_norm(module, conv=None):
-  """The PredRNN family's ConvNorm factory for `module`: bias-free, with the
-  module's filter_size, norm factory and layer_norm, and its `conv` factory
-  unless another is given."""
+  """The PredRNN family's ConvNorm factory for `module` (a
+  BiasFreeConvModule): bias-free, with the module's filter_size, norm
+  factory and layer_norm, and its `conv` factory unless another is given."""
   return functools.partial(ConvNorm, filter_size=module.filter_size,
                            conv=conv or module.conv, norm=module.norm,
                            use_bias=False, layer_norm=module.layer_norm)
