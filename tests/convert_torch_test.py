@@ -13,6 +13,7 @@ from configs import mmnist
 from stau_jax import convert_torch
 from stau_jax import export
 from stau_jax import models
+from tests import openstl_vectors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VECTORS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), 'vectors',
@@ -38,11 +39,7 @@ def load_vector(path):
       channels=reference['img_channel'],
       input_length=reference['input_length'],
       total_length=reference['total_length'])
-  prefix = 'state_dict/'
-  state_dict = {k[len(prefix):]: data[k] for k in data.files
-                if k.startswith(prefix)}
-  return (config, state_dict, data['frames'], data['sampling_mask'],
-          data['predictions'])
+  return (config,) + openstl_vectors.reference_arrays(data)
 
 
 def test_vectors_cover_the_architectures_the_issue_lists():

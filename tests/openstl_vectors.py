@@ -34,10 +34,16 @@ def load(path):
   config.data.update(image_size=(case['height'], case['width']),
                      channels=case['channels'], input_length=case['input'],
                      total_length=case['total'])
+  return (config,) + reference_arrays(data)
+
+
+def reference_arrays(data):
+  """(state_dict, frames, sampling_mask, predictions) of a loaded vector
+  file: the layout every file in tests/vectors holds (its README)."""
   prefix = 'state_dict/'
   state_dict = {k[len(prefix):]: data[k] for k in data.files
                 if k.startswith(prefix)}
-  return (config, state_dict, data['frames'], data['sampling_mask'],
+  return (state_dict, data['frames'], data['sampling_mask'],
           data['predictions'])
 
 
