@@ -344,6 +344,19 @@ def test_sthsth_frame_folders_sample_clips_uniformly_with_labels(tmp_path):
   assert train.shape == (1, 4, 4, 8, 16, 3)
 
 
+def test_labelled_sthsth_test_set_passes_carry_labels_and_padding(tmp_path):
+  test_set = data_lib.load_labelled_test_set(_sthsth(tmp_path))
+  assert test_set.size == 3
+  for _ in range(2):  # every pass is the same
+    batches = list(test_set.batches(2))
+    assert [b['frames'].shape for b in batches] == [(2, 4, 8, 16, 3)] * 2
+    np.testing.assert_array_equal(batches[1]['valid'], [True, False])
+    np.testing.assert_array_equal(
+        np.concatenate([b['labels'] for b in batches]), [7, 3, 7, 0])
+    np.testing.assert_array_equal(_indices(batches[0]['frames']),
+                                  [[0, 2, 3, 5], [0, 1, 3, 4]])
+
+
 def test_sthsth_too_short_clip_is_named(tmp_path):
   config = _sthsth(tmp_path, lengths=(6, 2))
   with pytest.raises(ValueError, match=r'clip #1 has 2 frames, fewer than the 4'):

@@ -104,7 +104,8 @@ def test_tiny_baseline_learns_above_chance(tmp_path):
   recognize.train_and_evaluate(config, str(tmp_path))
   result = json.loads((tmp_path / 'eval' / 'step_000100.json').read_text())
   labels = np.concatenate([b['labels'][b['valid']] for b in
-                           data.create_labelled_test_iterator(config)])
+                           data.load_labelled_test_set(config).batches(
+                               config.eval_batch_size)])
   chance = np.bincount(labels).max() / len(labels)  # the majority class
   assert result['count'] == 200 and result['psnr'] is None
   assert result['top1'] > chance + 0.1, (result, chance)

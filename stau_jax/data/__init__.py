@@ -299,10 +299,3 @@ def load_labelled_test_set(config):
       yield {'frames': moving_mnist.to_float(frames), 'labels': labels}
 
   return TestSet(data.num_test_sequences, chunks)
-
-
-def create_labelled_test_iterator(config, batch_size=None):
-  """One pass over `load_labelled_test_set(config)`: {'frames', 'labels',
-  'valid'} batches as `create_test_iterator` yields."""
-  return load_labelled_test_set(config).batches(
-      batch_size or config.eval_batch_size)
