@@ -16,7 +16,7 @@ undilated convolutions, whose backward passes XLA:CPU runs well:
   channel are slow on CPU).
 On XLA:CPU, lax's input-dilated convolutions (the backward of strided convs,
 transposed convs) are very slow, and lax's 5x5 conv gradients inside the
-scanned model were slower still (README "Speed" has the figures).
+scanned model were slower still (docs/speed.md has the figures).
 With impl 'resample' (chosen by 'auto' on GPU) only the first two rewrites
 apply and stride-1 convs stay lax's (cuDNN's kernels): cuDNN picks slow FFT
 algorithms for the Moving MNIST decoder's transposed convs and their

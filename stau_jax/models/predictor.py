@@ -50,7 +50,7 @@ _SAVE_CONV_OUTPUTS = jax.checkpoint_policies.save_only_these_names(
 
 def resolve_layer_loop(layer_loop='auto'):
   """'auto' -> 'scan' on CPU (one compiled layer, compile time flat in the
-  layer count), else 'unrolled' (no per-layer loop overhead; README "Speed")."""
+  layer count), else 'unrolled' (no per-layer loop overhead; docs/speed.md)."""
   return ops.resolve_auto('layer_loop', layer_loop, LAYER_LOOPS, 'unrolled',
                           cpu='scan')
 
@@ -60,8 +60,8 @@ def resolve_remat(remat='auto'):
 
   'cells' recomputes each layer's normalization, gates and attention in the
   backward pass from its saved convolution outputs instead of storing every
-  intermediate: on the CPU a little faster and much less memory (README
-  "Speed"). Not yet measured on GPU, so 'none' stays the default there.
+  intermediate: on the CPU a little faster and much less memory
+  (docs/speed.md). Not yet measured on GPU, so 'none' stays the default there.
   """
   return ops.resolve_auto('remat', remat, REMATS, 'none', cpu='cells')
 
