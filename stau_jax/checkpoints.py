@@ -26,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from stau_jax import data
 from stau_jax import errors
 from stau_jax import models
 
@@ -94,7 +95,8 @@ def write_config(workdir, config):
 
 
 def check_compatible(saved_config, config, workdir):
-  """Raises CheckpointError if an architecture field of the configs differs."""
+  """Raises CheckpointError if an architecture field of the configs differs,
+  or a field the dataset keeps on resume (`data.resume_conflict`)."""
   for path in ARCHITECTURE_FIELDS:
     saved, current = (_normalize(_field(c, path)) for c in (saved_config,
                                                             config))
@@ -110,6 +112,9 @@ def check_compatible(saved_config, config, workdir):
           f'{workdir} holds a run with config.{path} = {saved}, but the '
           f'current config has {current}. Resuming would mix two models; use '
           f'another --workdir, or the config of that run.')
+  conflict = data.resume_conflict(saved_config, config)
+  if conflict:
+    raise CheckpointError(f'{workdir} cannot resume: {conflict}.')
 
 
 def flatten(tree, prefix=''):

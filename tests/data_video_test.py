@@ -11,6 +11,7 @@ from configs import sthsth
 from configs import towncentre
 from stau_jax import data as data_lib
 from stau_jax import models
+from stau_jax.data import sthsth as sthsth_data
 from stau_jax.data import video
 
 pytest.importorskip('tensorflow')
@@ -334,7 +335,7 @@ def _sthsth(tmp_path, lengths=(6, 5, 8)):
 
 def test_sthsth_frame_folders_sample_clips_uniformly_with_labels(tmp_path):
   config = _sthsth(tmp_path)
-  dataset = video.sthsth_dataset(config, 'train', 3, train=False)
+  dataset = sthsth_data.dataset(config, 'train', 3, train=False)
   batch = next(dataset.as_numpy_iterator())
   assert batch['frames'].shape == (3, 4, 8, 16, 3)
   np.testing.assert_array_equal(batch['label'], [7, 3, 7])
@@ -386,7 +387,7 @@ def test_sthsth_webm_videos_decode_sample_uniformly_with_labels(tmp_path):
   for clip, frames in clips.items():
     _check_decoded(video.decode_video(
         str(tmp_path / 'frames' / f'{clip}.webm')), frames)
-  batch = next(video.sthsth_dataset(config, 'train', 3,
+  batch = next(sthsth_data.dataset(config, 'train', 3,
                                     train=False).as_numpy_iterator())
   assert batch['frames'].shape == (3, 4, 8, 16, 3)
   assert 0 <= batch['frames'].min() and batch['frames'].max() <= 1

@@ -1,10 +1,29 @@
-"""Input pipelines: Moving MNIST and the paper's real-video datasets.
+"""Input pipelines: one registry of datasets, one interface.
 
-Entry points used by the training loop (importable without TensorFlow):
+`DATASETS` maps config.data.dataset to the module that reads it. Each module
+provides
 
-* `validate_data_config(config, ...)`: raises ValueError for bad settings.
-  The entry points (train.validate_config, evaluate_params) run it once,
-  before any work; the functions below trust the config.
+* `validate(config)`: raises ValueError for a bad setting of its fields;
+  it may resolve machine-dependent choices in place (Moving MNIST's
+  data.digits='auto'), so what is recorded is what was used.
+* `train_batches(config, *, seed, num_devices, start_step, process_index,
+  process_count, labelled)`: endless, resumable training batches of this
+  host, split over its devices.
+* `test_set(config, labelled)`: the ordered test set, a `TestSet` carrying
+  its source (and seed) for the evaluation files.
+* `num_label_classes(config)`, only when the dataset has action labels.
+* `test_set_size(config)`, optional: sequences of the test set when the
+  config tells, before it is loaded.
+* `RESUME_FIELDS`, optional: config.data fields a resumed run must keep.
+
+Adding a dataset is one module, one line here, a config and a test
+(docs/datasets.md). The entry points below, used by training, evaluation
+and recognition, are the same for every dataset (importable without
+TensorFlow):
+
+* `validate_data_config(config, ...)`: the shared checks, then the
+  dataset's. The entry points (train.validate_config, evaluate_params) run
+  it once, before any work; the functions below trust the config.
 * `create_train_iterator(config, ...)`: endless, resumable iterator of
   float32 (num_devices, per_device_batch, T, H, W, C) batches in [0, 1].
 * `load_test_set(config)`: the test set opened once per run (a `TestSet`);
@@ -13,31 +32,30 @@ Entry points used by the training loop (importable without TensorFlow):
   zero-padded to B and `valid` marks its real rows. `create_test_iterator`
   is one such pass, for one-off use.
 * `create_labelled_train_iterator` and `load_labelled_test_set`: the same
-  with action labels, for early action recognition ('sthsth', and
-  'moving_mnist' labelled by `moving_mnist.next_wall_labels`).
+  with action labels, for early action recognition (the datasets with
+  `num_label_classes`).
+* `test_set_identity(config, test_set, digest, num_sequences)`: what an
+  evaluation file records of the sequences it scored.
 
 Moving MNIST is pure numpy (it runs without TensorFlow); the real-video
-datasets ('kitti', 'towncentre', 'sthsth') are tf.data pipelines.
+datasets are tf.data pipelines (video.py).
 """
-import os
-from typing import Callable, Iterator, NamedTuple, Optional
-
-from absl import logging
-import numpy as np
-
-from stau_jax.data import mnist_digits
+from stau_jax.data import kitti
 from stau_jax.data import moving_mnist
 from stau_jax.data import pipeline
+from stau_jax.data import sthsth
+from stau_jax.data import towncentre
 
-VIDEO_DATASETS = ('kitti', 'towncentre', 'sthsth')
-DATASETS = ('moving_mnist',) + VIDEO_DATASETS
-DIGIT_SOURCES = ('auto', 'tfds', 'bundled')
+DATASETS = {
+    'moving_mnist': moving_mnist,
+    'kitti': kitti,
+    'towncentre': towncentre,
+    'sthsth': sthsth,
+}
 
-
-
-def eval_total_length(config):
-  """Frames per test sequence: data.test_total_length, or total_length when 0."""
-  return config.data.get('test_total_length') or config.data.total_length
+TestSet = pipeline.TestSet
+eval_total_length = pipeline.eval_total_length
+new_digest = pipeline.new_digest
 
 
 def _local_device_count():
@@ -45,19 +63,26 @@ def _local_device_count():
   return jax.local_device_count()
 
 
+def dataset_module(config):
+  """The registry's module of config.data.dataset (ValueError if unknown)."""
+  name = config.data.dataset
+  if name not in DATASETS:
+    raise ValueError(f'config.data.dataset={name!r} is not one of '
+                     f'{tuple(DATASETS)}')
+  return DATASETS[name]
+
+
 def validate_data_config(config, num_devices=None, process_count=1):
   """Raises ValueError naming the bad value and what is expected.
 
   Checks the dataset name, frame size and sequence lengths, batch
-  divisibility by devices and hosts, and (for the real-video datasets and
-  .npy test sets) that the input files exist. The model's constraints on
-  them (patch_size * 2**num_downsample dividing the frame size) are
+  divisibility by devices and hosts, then the dataset's own fields (input
+  files exist, Moving MNIST's digits are resolved). The model's constraints
+  on them (patch_size * 2**num_downsample dividing the frame size) are
   `models.validate_model_config`'s.
   """
+  module = dataset_module(config)
   data = config.data
-  if data.dataset not in DATASETS:
-    raise ValueError(f'config.data.dataset={data.dataset!r} is not one of '
-                     f'{DATASETS}')
   image_size = data.image_size
   if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2 or
       not all(isinstance(x, int) and x > 0 for x in image_size)):
@@ -76,61 +101,7 @@ def validate_data_config(config, num_devices=None, process_count=1):
           f'config.{name}={value} is not divisible by num_devices * '
           f'process_count = {num_devices} * {process_count}; use a positive '
           f'multiple of {num_devices * process_count}.')
-  if data.dataset == 'moving_mnist':
-    _validate_moving_mnist(config)
-  else:
-    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
-    video.validate(config)
-
-
-def _validate_moving_mnist(config):
-  data = config.data
-  if data.channels != 1:
-    raise ValueError(f'config.data.channels={data.channels}: Moving MNIST '
-                     'frames have 1 channel')
-  if data.num_digits < 1:
-    raise ValueError(f'config.data.num_digits={data.num_digits} must be >= 1')
-  if data.test_set == 'generated' and not (
-      isinstance(data.num_test_sequences, int) and
-      data.num_test_sequences > 0):
-    raise ValueError(f'config.data.num_test_sequences='
-                     f'{data.num_test_sequences} must be positive')
-  if data.digits not in DIGIT_SOURCES:
-    raise ValueError(f'config.data.digits={data.digits!r} is not one of '
-                     f'{DIGIT_SOURCES}')
-  if data.test_set not in ('official', 'generated'):
-    path = data.test_set
-    if not path.endswith('.npy'):
-      raise ValueError(
-          f"config.data.test_set={path!r} must be 'official', 'generated' or "
-          'the path of an .npy file in the official layout uint8 (20, N, 64, '
-          '64)')
-    if not os.path.exists(path):
-      raise ValueError(f'config.data.test_set: file {path} does not exist')
-    moving_mnist.load_official_npy(path, eval_total_length(config))
-  if (data.test_set == 'official' and
-      not mnist_digits.tensorflow_available()):
-    raise ValueError("config.data.test_set='official' reads TFDS "
-                     'moving_mnist, which needs TensorFlow; install it or pass '
-                     'the path of mnist_test_seq.npy')
-  if data.test_set != 'generated':
-    if tuple(data.image_size) != (64, 64):
-      raise ValueError(
-          f'config.data.image_size={tuple(data.image_size)}: the official '
-          'Moving MNIST test set is 64x64; use (64, 64) or test_set='
-          "'generated'")
-    if eval_total_length(config) > 20:
-      raise ValueError(
-          f'test_total_length={eval_total_length(config)}: the official '
-          'Moving MNIST test set has 20 frames per sequence')
-
-
-def _digit_bank(config, split):
-  """uint8 digits (N, s, s) of `split`, resized for the canvas."""
-  digits, _ = mnist_digits.load_digits(config.data.digits, split,
-                                       config.data.data_dir)
-  size = moving_mnist.digit_size_for(tuple(config.data.image_size))
-  return mnist_digits.resize_digits(digits, size)
+  module.validate(config)
 
 
 def create_train_iterator(config, *, seed=None, num_devices=None,
@@ -151,72 +122,15 @@ def create_train_iterator(config, *, seed=None, num_devices=None,
     Iterator of float32 arrays (num_devices, batch_size // (num_devices *
     process_count), T, H, W, C) in [0, 1]; the model patches frames itself.
   """
-  num_devices = num_devices or _local_device_count()
-  seed = config.seed if seed is None else seed
-  host_batch = config.batch_size // process_count
-  data = config.data
-  if data.dataset != 'moving_mnist':
-    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
-    return video.create_train_iterator(
-        config, seed=seed, num_devices=num_devices, start_step=start_step,
-        process_index=process_index, process_count=process_count)
-  bank = _digit_bank(config, 'train')
-  batches = moving_mnist.train_batches(
-      bank, seed=seed, batch_size=host_batch, num_digits=data.num_digits,
-      total_length=data.total_length, image_size=tuple(data.image_size),
-      start_step=start_step, process_index=process_index)
-  return (pipeline.split_for_devices(batch, num_devices) for batch in batches)
-
-
-class TestSet(NamedTuple):
-  """A test set opened once per run: files read or memory-mapped, digits
-  loaded, tf.data pipelines built. Every `batches` call is a new ordered pass.
-
-  size: sequences, or None when only a pass tells (TFDS moving_mnist).
-  chunks: () -> iterator of dicts {'frames': float32 (n, T_test, H, W, C)
-    in [0, 1], and for labelled sets 'labels': int32 (n,)}, n varying.
-  """
-  size: Optional[int]
-  chunks: Callable[[], Iterator[dict]]
-
-  def batches(self, batch_size):
-    """One ordered pass in batches of `batch_size` sequences.
-
-    Yields the chunks' dicts re-batched to B = batch_size rows plus 'valid':
-    bool (B,); the last batch is zero-padded and `valid` is False on its
-    padding rows (count real sequences with valid.sum()).
-    """
-    return pipeline.padded_batches(self.chunks(), batch_size)
-
-
-def _moving_mnist_frames(chunks):
-  return ({'frames': moving_mnist.to_float(frames)} for frames in chunks)
+  return dataset_module(config).train_batches(
+      config, seed=config.seed if seed is None else seed,
+      num_devices=num_devices or _local_device_count(), start_step=start_step,
+      process_index=process_index, process_count=process_count)
 
 
 def load_test_set(config):
   """The `TestSet` of config's test frames (config validated)."""
-  data = config.data
-  length = eval_total_length(config)
-  if data.dataset != 'moving_mnist':
-    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
-    return video.load_test_set(config)
-  if data.test_set == 'generated':
-    bank = _digit_bank(config, 'heldout')
-    seed = data.get('test_seed', 1234)
-    logging.info('Generated Moving MNIST test set: %d sequences, seed %d.',
-                 data.num_test_sequences, seed)
-    return TestSet(data.num_test_sequences, lambda: _moving_mnist_frames(
-        moving_mnist.generated_test_set(
-            bank, seed=seed, num_sequences=data.num_test_sequences,
-            num_digits=data.num_digits, total_length=length,
-            image_size=tuple(data.image_size))))
-  if data.test_set == 'official':
-    dataset = moving_mnist.official_tfds_test_set(data.data_dir)
-    return TestSet(None, lambda: _moving_mnist_frames(
-        moving_mnist.official_tfds_chunks(dataset, length)))
-  array = moving_mnist.load_official_npy(data.test_set, length)
-  return TestSet(array.shape[1], lambda: _moving_mnist_frames(
-      moving_mnist.official_npy_chunks(array, length)))
+  return dataset_module(config).test_set(config)
 
 
 def create_test_iterator(config, batch_size=None):
@@ -227,28 +141,31 @@ def create_test_iterator(config, batch_size=None):
 
 
 def test_set_size(config):
-  """Sequences in config's test set when the config (or the .npy header)
+  """Sequences in config's test set when the config (or a file header)
   tells, else None; for validation, before the set is loaded."""
-  data = config.data
-  if data.dataset != 'moving_mnist' or data.test_set == 'official':
-    return None
-  if data.test_set == 'generated':
-    return data.num_test_sequences
-  return moving_mnist.load_official_npy(data.test_set).shape[1]
+  size = getattr(dataset_module(config), 'test_set_size', None)
+  return size(config) if size else None
+
+
+def test_set_identity(config, test_set, digest, num_sequences):
+  """{'dataset', 'source', 'num_sequences', 'seed', 'digest'} of the
+  `num_sequences` sequences of `test_set` a pass with `digest` scored."""
+  return test_set.identity(config.data.dataset, digest, num_sequences)
+
+
+def labelled_datasets():
+  """Names of the datasets with action labels."""
+  return tuple(name for name, module in DATASETS.items()
+               if hasattr(module, 'num_label_classes'))
 
 
 def num_label_classes(config):
   """Classes of the dataset's action labels (ValueError if it has none)."""
-  if config.data.dataset == 'moving_mnist':
-    if config.data.test_set != 'generated':
-      raise ValueError(
-          f'config.data.test_set={config.data.test_set!r}: labelled Moving '
-          "MNIST needs the digits' trajectories; use test_set='generated'")
-    return len(moving_mnist.NEXT_WALL_CLASSES)
-  if config.data.dataset == 'sthsth':
-    return config.classifier.num_classes
-  raise ValueError(f'config.data.dataset={config.data.dataset!r} has no '
-                   "action labels; use 'sthsth' or 'moving_mnist'")
+  module = dataset_module(config)
+  if not hasattr(module, 'num_label_classes'):
+    raise ValueError(f'config.data.dataset={config.data.dataset!r} has no '
+                     f'action labels; use one of {labelled_datasets()}')
+  return module.num_label_classes(config)
 
 
 def create_labelled_train_iterator(config, *, num_devices=None, start_step=0,
@@ -261,41 +178,27 @@ def create_labelled_train_iterator(config, *, num_devices=None, start_step=0,
     Iterator of {'frames': float32 (num_devices, per_device_batch, T, H, W,
     C) in [0, 1], 'labels': int32 (num_devices, per_device_batch)}.
   """
-  num_devices = num_devices or _local_device_count()
-  host_batch = config.batch_size // process_count
-  data = config.data
-  if data.dataset == 'sthsth':
-    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
-    dataset = video.sthsth_dataset(
-        config, 'train', host_batch, seed=config.seed, train=True,
-        process_index=process_index, process_count=process_count,
-        start_element=start_step * host_batch)
-    return ({'frames': batch['frames'],
-             'labels': batch['label'].astype(np.int32)}
-            for batch in pipeline.as_numpy_batches(dataset, num_devices))
-  batches = moving_mnist.train_batches(
-      _digit_bank(config, 'train'), seed=config.seed, batch_size=host_batch,
-      num_digits=data.num_digits, total_length=data.total_length,
-      image_size=tuple(data.image_size), start_step=start_step,
-      process_index=process_index, input_length=data.input_length)
-  return ({k: pipeline.split_for_devices(v, num_devices)
-           for k, v in batch.items()} for batch in batches)
+  return dataset_module(config).train_batches(
+      config, seed=config.seed,
+      num_devices=num_devices or _local_device_count(), start_step=start_step,
+      process_index=process_index, process_count=process_count,
+      labelled=True)
 
 
 def load_labelled_test_set(config):
   """The `TestSet` of config's test frames with their action labels."""
-  data = config.data
-  if data.dataset == 'sthsth':
-    from stau_jax.data import video  # pylint: disable=g-import-not-at-top
-    return video.load_test_set(config, labelled=True)
-  bank = _digit_bank(config, 'heldout')
-  seed = data.get('test_seed', 1234)
+  return dataset_module(config).test_set(config, labelled=True)
 
-  def chunks():
-    for frames, labels in moving_mnist.labelled_test_set(
-        bank, seed=seed, num_sequences=data.num_test_sequences,
-        num_digits=data.num_digits, total_length=eval_total_length(config),
-        image_size=tuple(data.image_size), input_length=data.input_length):
-      yield {'frames': moving_mnist.to_float(frames), 'labels': labels}
 
-  return TestSet(data.num_test_sequences, chunks)
+def resume_conflict(saved_config, config):
+  """Why a run started with `saved_config` cannot resume with `config`'s
+  data (a changed `RESUME_FIELDS` field of its dataset), or None."""
+  module = DATASETS.get(config.data.dataset)
+  for name in getattr(module, 'RESUME_FIELDS', ()):
+    saved, current = saved_config.data.get(name), config.data.get(name)
+    if saved not in (None, 'auto') and saved != current:
+      return (f'the run trained with config.data.{name}={saved!r} and this '
+              f'config resolves it to {current!r}; resuming would change its '
+              f'training data. Pass --config.data.{name}={saved}, or use '
+              'another --workdir')
+  return None

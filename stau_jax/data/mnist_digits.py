@@ -11,7 +11,9 @@ Three sources, chosen by `config.data.digits`:
   rows 400-499 of every class (1,000 digits) the held-out slice.
 * `auto`: `tfds` when MNIST is already prepared in the data directory, or when
   it can be downloaded (a 2 s network probe succeeds) and TensorFlow is
-  installed; `bundled` otherwise. It never hangs without network.
+  installed; `bundled` otherwise. It never hangs without network. The
+  config is resolved once, when it is validated, so config.json and exports
+  record the source used ('tfds' or 'bundled'), never 'auto'.
 
 All sources return uint8 arrays of shape (N, 28, 28).
 """
@@ -104,7 +106,11 @@ def network_available(address=_PROBE_ADDRESS, timeout=2.0):
 
 
 def load_tfds(split='train', data_dir=None, download=False):
-  """Returns (digits uint8 (N, 28, 28), labels int64 (N,)) of TFDS MNIST."""
+  """Returns (digits uint8 (N, 28, 28), labels int64 (N,)) of TFDS MNIST.
+
+  With `download`, MNIST is downloaded when it is not prepared and the
+  network is reachable.
+  """
   if not tensorflow_available():
     raise ImportError(
         "config.data.digits='tfds' needs TensorFlow and tensorflow-datasets; "
@@ -112,7 +118,7 @@ def load_tfds(split='train', data_dir=None, download=False):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder('mnist', data_dir=data_dir or None)
   if not builder.data_path.exists():
-    if not download:
+    if not (download and network_available()):
       raise FileNotFoundError(
           f'TFDS MNIST is not prepared in {builder.data_dir}; run '
           "tfds.builder('mnist').download_and_prepare() with network access, "
@@ -153,7 +159,7 @@ def load_digits(digits='auto', split='train', data_dir=None):
   source = resolve_source(digits, data_dir)
   if source == 'tfds':
     tfds_split = 'train' if split == 'train' else 'test'
-    images, _ = load_tfds(tfds_split, data_dir, download=digits == 'auto')
+    images, _ = load_tfds(tfds_split, data_dir, download=True)
   else:
     images, _ = load_bundled(split)
   logging.info('Moving MNIST %s digits: %d from %s.', split, len(images), source)

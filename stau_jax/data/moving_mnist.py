@@ -15,12 +15,23 @@ the stream resumable from any step.
 Labelled sequences for early action recognition (`next_wall_labels`): the
 label of a sequence is the wall its first digit bounces off next after the
 observed frames, something only the unseen frames show.
+
+The last section is the dataset's entry in the registry (stau_jax/data):
+config.data.digits picks the digits (`mnist_digits`), config.data.test_set
+the test set: 'generated' (num_test_sequences drawn with test_seed from
+held-out digits), 'official' (TFDS moving_mnist) or the path of
+mnist_test_seq.npy.
 """
 import functools
+import os
 import queue
 import threading
 
+from absl import logging
 import numpy as np
+
+from stau_jax.data import mnist_digits
+from stau_jax.data import pipeline
 
 STEP_LENGTH = 0.1
 TEST_CHUNK = 100  # Sequences drawn per seed in the generated test set.
@@ -191,9 +202,9 @@ def labelled_train_batch(digit_bank, step, *, seed, process_index,
   return {'frames': to_float(frames), 'labels': labels}
 
 
-def train_batches(digit_bank, *, seed, batch_size, num_digits, total_length,
-                  image_size, start_step=0, process_index=0,
-                  input_length=None):
+def train_stream(digit_bank, *, seed, batch_size, num_digits, total_length,
+                 image_size, start_step=0, process_index=0,
+                 input_length=None):
   """Endless iterator of training batches float32 (B, T, H, W, 1).
 
   Batches are made PREFETCH ahead on a background thread (numpy releases
@@ -296,7 +307,6 @@ def official_tfds_test_set(data_dir):
   Needs TensorFlow; downloads the set only when it is not prepared and the
   network is reachable.
   """
-  from stau_jax.data import mnist_digits  # pylint: disable=g-import-not-at-top
   if not mnist_digits.tensorflow_available():
     raise ImportError("config.data.test_set='official' reads TFDS "
                       'moving_mnist, which needs TensorFlow; pass the path of '
@@ -319,3 +329,144 @@ def official_tfds_chunks(dataset, total_length):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   for example in tfds.as_numpy(dataset):
     yield example['image_sequence'][:, :total_length, ..., 0]
+
+
+# The dataset plug-in ---------------------------------------------------------
+
+DIGIT_SOURCES = ('auto', 'tfds', 'bundled')
+# config.data fields a run must keep when it resumes: its training digits.
+RESUME_FIELDS = ('digits',)
+
+
+def validate(config):
+  """Raises ValueError for a bad Moving MNIST setting; resolves
+  data.digits='auto' in place to the source used ('tfds' or 'bundled')."""
+  data = config.data
+  if data.channels != 1:
+    raise ValueError(f'config.data.channels={data.channels}: Moving MNIST '
+                     'frames have 1 channel')
+  if data.num_digits < 1:
+    raise ValueError(f'config.data.num_digits={data.num_digits} must be >= 1')
+  if data.test_set == 'generated' and not (
+      isinstance(data.num_test_sequences, int) and
+      data.num_test_sequences > 0):
+    raise ValueError(f'config.data.num_test_sequences='
+                     f'{data.num_test_sequences} must be positive')
+  if data.digits not in DIGIT_SOURCES:
+    raise ValueError(f'config.data.digits={data.digits!r} is not one of '
+                     f'{DIGIT_SOURCES}')
+  length = pipeline.eval_total_length(config)
+  if data.test_set not in ('official', 'generated'):
+    path = data.test_set
+    if not path.endswith('.npy'):
+      raise ValueError(
+          f"config.data.test_set={path!r} must be 'official', 'generated' or "
+          'the path of an .npy file in the official layout uint8 (20, N, 64, '
+          '64)')
+    if not os.path.exists(path):
+      raise ValueError(f'config.data.test_set: file {path} does not exist')
+    load_official_npy(path, length)
+  if (data.test_set == 'official' and
+      not mnist_digits.tensorflow_available()):
+    raise ValueError("config.data.test_set='official' reads TFDS "
+                     'moving_mnist, which needs TensorFlow; install it or pass '
+                     'the path of mnist_test_seq.npy')
+  if data.test_set != 'generated':
+    if tuple(data.image_size) != (64, 64):
+      raise ValueError(
+          f'config.data.image_size={tuple(data.image_size)}: the official '
+          'Moving MNIST test set is 64x64; use (64, 64) or test_set='
+          "'generated'")
+    if length > 20:
+      raise ValueError(
+          f'test_total_length={length}: the official Moving MNIST test set '
+          'has 20 frames per sequence')
+  data.digits = mnist_digits.resolve_source(data.digits, data.data_dir)
+
+
+def _digit_bank(config, split):
+  """uint8 digits (N, s, s) of `split`, resized for the canvas."""
+  digits, _ = mnist_digits.load_digits(config.data.digits, split,
+                                       config.data.data_dir)
+  return mnist_digits.resize_digits(
+      digits, digit_size_for(tuple(config.data.image_size)))
+
+
+def train_batches(config, *, seed, num_devices, start_step=0, process_index=0,
+                  process_count=1, labelled=False):
+  """Endless float32 (num_devices, per_device, T, H, W, 1) batches drawn from
+  the training digits (`train_stream`); with `labelled`, dicts {'frames',
+  'labels': int32 (num_devices, per_device)} (`next_wall_labels`)."""
+  data = config.data
+  batches = train_stream(
+      _digit_bank(config, 'train'), seed=seed,
+      batch_size=config.batch_size // process_count,
+      num_digits=data.num_digits, total_length=data.total_length,
+      image_size=tuple(data.image_size), start_step=start_step,
+      process_index=process_index,
+      input_length=data.input_length if labelled else None)
+  if not labelled:
+    return (pipeline.split_for_devices(batch, num_devices)
+            for batch in batches)
+  return ({k: pipeline.split_for_devices(v, num_devices)
+           for k, v in batch.items()} for batch in batches)
+
+
+def test_set(config, labelled=False):
+  """The `pipeline.TestSet` of config.data.test_set; with `labelled` (only
+  'generated'), chunks carry the `next_wall_labels`."""
+  data = config.data
+  length = pipeline.eval_total_length(config)
+  if data.test_set == 'generated':
+    bank = _digit_bank(config, 'heldout')
+    seed = data.get('test_seed', 1234)
+    logging.info('Generated Moving MNIST test set: %d sequences, seed %d.',
+                 data.num_test_sequences, seed)
+    shape = dict(num_sequences=data.num_test_sequences,
+                 num_digits=data.num_digits, total_length=length,
+                 image_size=tuple(data.image_size))
+
+    def chunks():
+      if labelled:
+        for frames, labels in labelled_test_set(
+            bank, seed=seed, input_length=data.input_length, **shape):
+          yield {'frames': to_float(frames), 'labels': labels}
+      else:
+        for frames in generated_test_set(bank, seed=seed, **shape):
+          yield {'frames': to_float(frames)}
+
+    return pipeline.TestSet(
+        data.num_test_sequences, chunks,
+        source=f'generated from {data.digits} held-out digits', seed=seed)
+  if labelled:
+    num_label_classes(config)  # Raises, naming the fix.
+  if data.test_set == 'official':
+    dataset = official_tfds_test_set(data.data_dir)
+    return pipeline.TestSet(None, lambda: (
+        {'frames': to_float(frames)}
+        for frames in official_tfds_chunks(dataset, length)),
+                            source='tfds moving_mnist test split')
+  array = load_official_npy(data.test_set, length)
+  return pipeline.TestSet(array.shape[1], lambda: (
+      {'frames': to_float(frames)}
+      for frames in official_npy_chunks(array, length)),
+                          source=data.test_set)
+
+
+def test_set_size(config):
+  """Sequences of config's test set, or None when only a pass tells."""
+  data = config.data
+  if data.test_set == 'official':
+    return None
+  if data.test_set == 'generated':
+    return data.num_test_sequences
+  return load_official_npy(data.test_set).shape[1]
+
+
+def num_label_classes(config):
+  """Classes of `next_wall_labels` (ValueError unless the set is generated)."""
+  if config.data.test_set != 'generated':
+    raise ValueError(
+        f'config.data.test_set={config.data.test_set!r}: labelled Moving '
+        "MNIST needs the digits' trajectories; use test_set='generated'")
+  return len(NEXT_WALL_CLASSES)

@@ -4,7 +4,62 @@ The numpy helpers work without TensorFlow; the tf.data helpers import it
 lazily, so importing this module never imports TensorFlow. Frames stay raw
 (B, T, H, W, C): the model patches them itself (`models.patch_frames`).
 """
+import hashlib
+from typing import Callable, Iterator, NamedTuple, Optional
+
 import numpy as np
+
+
+def eval_total_length(config):
+  """Frames per test sequence: data.test_total_length, or total_length when 0."""
+  return config.data.get('test_total_length') or config.data.total_length
+
+
+class TestSet(NamedTuple):
+  """A test set opened once per run: files read or memory-mapped, digits
+  loaded, tf.data pipelines built. Every `batches` call is a new ordered pass.
+
+  size: sequences, or None when only a pass tells (TFDS moving_mnist).
+  chunks: () -> iterator of dicts {'frames': float32 (n, T_test, H, W, C)
+    in [0, 1], and for labelled sets 'labels': int32 (n,)}, n varying.
+  source: where the sequences come from (a file, a folder, 'generated from
+    bundled digits'), for the evaluation files.
+  seed: the seed that drew them, for generated sets; else None.
+  """
+  size: Optional[int]
+  chunks: Callable[[], Iterator[dict]]
+  source: str = ''
+  seed: Optional[int] = None
+
+  def batches(self, batch_size, digest=None):
+    """One ordered pass in batches of `batch_size` sequences.
+
+    Yields the chunks' dicts re-batched to B = batch_size rows plus 'valid':
+    bool (B,); the last batch is zero-padded and `valid` is False on its
+    padding rows (count real sequences with valid.sum()). With `digest` (a
+    `new_digest()`), the real rows' frames update it as they pass.
+    """
+    batches = padded_batches(self.chunks(), batch_size)
+    return batches if digest is None else _digested(batches, digest)
+
+  def identity(self, dataset, digest, num_sequences):
+    """What an evaluation file records of the sequences it scored: the
+    dataset, source, seed, number of sequences and their frames' digest."""
+    return {'dataset': dataset, 'source': self.source,
+            'num_sequences': int(num_sequences), 'seed': self.seed,
+            'digest': 'sha256:' + digest.hexdigest()}
+
+
+def new_digest():
+  """The hash `TestSet.batches` updates: sha256 of the frames as uint8."""
+  return hashlib.sha256()
+
+
+def _digested(batches, digest):
+  for batch in batches:
+    frames = batch['frames'][batch['valid']]
+    digest.update(np.round(frames * 255).astype(np.uint8).tobytes())
+    yield batch
 
 
 def split_for_devices(batch, num_devices):

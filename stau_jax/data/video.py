@@ -1,26 +1,13 @@
-"""tf.data pipelines for the paper's real-video datasets.
+"""Reading videos for the real-video datasets: layouts, windows, tf.data.
 
-Layouts read (paths in config.data are joined to config.data.data_dir when
-relative):
-
-* 'kitti' (KITTI train / Caltech Pedestrian test): PredNet's preprocessed
-  arrays, frames (N, H, W, C) uint8 in .npy/.npz/.hkl (X_train.hkl) plus a
-  sources list (sources_train.hkl, N strings) naming each frame's clip; or a
-  folder of per-clip image folders. Windows never cross a clip boundary;
-  training takes every window (stride 1), testing consecutive disjoint ones.
-* 'towncentre': one video file or one folder of frames; the first
-  `num_train_frames` (4,000) train, the last `num_test_frames` (3,500) test.
-  A video file is decoded once, on first use, into a cache folder of PNG
-  frames `<video_path>.frames/` next to it, or `<data_dir>/<video
-  name>.frames/` when that folder is not writable (tens of GB for the 1080p
-  TownCentreXVID.avi); later runs read the cache. It is written into a
-  temporary `*.frames.partial-*` folder renamed when complete, so an
-  interrupted extraction never leaves a partial cache (a killed process may
-  leave the temporary folder: delete it). Delete the cache to decode again.
-* 'sthsth' (Something-Something v2): a folder of <id>.webm videos or of <id>/
-  frame folders, the split's JSON list ({"id", "template", ...}) and the
-  labels JSON (template -> index). Every clip is sampled uniformly down to
-  total_length (20) frames and carries its label.
+The dataset modules (kitti.py, towncentre.py, sthsth.py, video_folder.py)
+describe their layouts and build on what is here: readers of frame arrays
+(.npy/.npz/.hkl), image folders and video files (`iterate_video`), the
+windows a sequence takes (`sliding_windows`, `uniform_windows`), one tf.data
+pipeline (`build_dataset`), the frame cache of slow-to-decode video files
+(`cached_frames`) and the train / test entry points of a split function
+(`train_batches`, `test_set`). Paths in config.data are joined to
+config.data.data_dir when relative.
 
 Frames are center-cropped to the target aspect ratio, resized to
 config.data.image_size and scaled to [0, 1]. Image folders are decoded by
@@ -39,7 +26,6 @@ import tempfile
 from absl import logging
 import numpy as np
 
-from stau_jax import data as data_lib
 from stau_jax.data import pipeline
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
@@ -62,7 +48,7 @@ class Frames:
   videos: list[str] | None = None
 
 
-def _resolve(config, field):
+def resolve_path(config, field):
   """config.data.<field> as a path, joined to data_dir when relative."""
   value = config.data.get(field) or ''
   if value and not os.path.isabs(value) and config.data.get('data_dir'):
@@ -70,7 +56,7 @@ def _resolve(config, field):
   return value
 
 
-def _require(path, what):
+def require_path(path, what):
   if not path:
     raise ValueError(f'{what} is not set')
   if not os.path.exists(path):
@@ -337,102 +323,6 @@ def build_dataset(frames, windows, config, *, batch_size, seed=0,
 # Datasets ------------------------------------------------------------------
 
 
-def sthsth_labels(labels_json, label_map_json, clip_ids=None):
-  """(clip ids, int labels) of a Something-Something v2 split.
-
-  Args:
-    labels_json: something-something-v2-{train,validation}.json, a list of
-      {"id", "label", "template", "placeholders"}.
-    label_map_json: something-something-v2-labels.json, template -> index.
-    clip_ids: keep only these ids (e.g. those present on disk).
-  """
-  with open(labels_json) as f:
-    entries = json.load(f)
-  with open(label_map_json) as f:
-    label_map = {k: int(v) for k, v in json.load(f).items()}
-  ids, labels = [], []
-  for entry in entries:
-    if not isinstance(entry, dict) or 'id' not in entry or 'template' not in entry:
-      raise ValueError(f'{labels_json}: expected a list of {{"id", "label", '
-                       f'"template", "placeholders"}} entries, got {entry!r}')
-    template = entry['template'].replace('[', '').replace(']', '')
-    if template not in label_map:
-      raise ValueError(f'{labels_json}: template {template!r} of clip '
-                       f'{entry["id"]} is not in {label_map_json}')
-    if clip_ids is None or str(entry['id']) in clip_ids:
-      ids.append(str(entry['id']))
-      labels.append(label_map[template])
-  return ids, np.array(labels, np.int64)
-
-
-def _sthsth_split(config, split):
-  """(Frames, windows, labels) of a Something-Something v2 split."""
-  root = _require(_resolve(config, f'{split}_path'),
-                  f'config.data.{split}_path')
-  on_disk = {os.path.splitext(name)[0] for name in os.listdir(root)}
-  ids, labels = sthsth_labels(
-      _require(_resolve(config, f'{split}_labels'),
-               f'config.data.{split}_labels'),
-      _require(_resolve(config, 'label_map'), 'config.data.label_map'),
-      on_disk)
-  if not ids:
-    raise ValueError(f'{root}: none of the clips listed in '
-                     f'config.data.{split}_labels are in this folder (expected '
-                     '<id>.webm files or <id>/ frame folders)')
-  length = (data_lib.eval_total_length(config) if split == 'test' else
-            config.data.total_length)
-  videos = [os.path.join(root, i + ext) for i in ids for ext in
-            VIDEO_EXTENSIONS if os.path.isfile(os.path.join(root, i + ext))]
-  if len(videos) == len(ids):
-    video_backend()  # Fail now when no decoder is installed.
-    frames = Frames(root, np.ones(len(ids), np.int64), videos=videos)
-    windows = np.repeat(np.arange(len(ids))[:, None], length, axis=1)
-    return frames, windows, labels
-  frames = read_clip_folders(root, ids)
-  return frames, uniform_windows(frames.clip_lengths, length, root), labels
-
-
-def _towncentre_split(config, split):
-  """(Frames, windows) of TownCentreXVID's first/last frames."""
-  path = _require(_resolve(config, 'video_path'), 'config.data.video_path')
-  num_train = config.data.num_train_frames
-  num_test = config.data.num_test_frames
-  if os.path.isfile(path):
-    path = cached_frames(path, config.data.get('data_dir') or '')
-  frames = read_image_folder(path)
-  total = len(frames.paths)
-  if total < max(num_train, num_test):
-    raise ValueError(f'{path}: has {total} frames; config.data.'
-                     f'num_train_frames={num_train} and num_test_frames='
-                     f'{num_test} need at least {max(num_train, num_test)}')
-  if split == 'train':
-    lengths = np.array([num_train, total - num_train])
-    windows = sliding_windows(lengths[:1], config.data.total_length, 1, path)
-  else:
-    first = total - num_test
-    lengths = np.array([first, num_test])
-    length = data_lib.eval_total_length(config)
-    windows = first + sliding_windows(lengths[1:], length, length, path)
-  return frames, windows
-
-
-def _kitti_split(config, split):
-  """(Frames, windows) of KITTI (train) or Caltech (test)."""
-  path = _require(_resolve(config, f'{split}_path'),
-                  f'config.data.{split}_path')
-  sources = _resolve(config, f'{split}_sources')
-  if sources:
-    _require(sources, f'config.data.{split}_sources')
-  frames = read_frames(path, sources)
-  if split == 'train':
-    windows = sliding_windows(frames.clip_lengths, config.data.total_length,
-                              1, path)
-  else:
-    length = data_lib.eval_total_length(config)
-    windows = sliding_windows(frames.clip_lengths, length, length, path)
-  return frames, windows
-
-
 def extract_frames(video_path, folder):
   """Writes every frame of a video file as folder/%06d.png (needs a decoder).
 
@@ -511,57 +401,52 @@ def cached_frames(video_path, data_dir=''):
   return folder
 
 
-def load_split(config, split):
-  """(Frames, windows (W, T), labels or None) of `split` in 'train'/'test'."""
-  dataset = config.data.dataset
-  if dataset == 'kitti':
-    return _kitti_split(config, split) + (None,)
-  if dataset == 'towncentre':
-    return _towncentre_split(config, split) + (None,)
-  if dataset == 'sthsth':
-    return _sthsth_split(config, split)
-  raise ValueError(f'config.data.dataset={dataset!r} is not a video dataset')
-
-
-_REQUIRED_PATHS = {
-    'kitti': ('train_path', 'test_path'),
-    'towncentre': ('video_path',),
-    'sthsth': ('train_path', 'train_labels', 'test_path', 'test_labels',
-               'label_map'),
-}
-
-
-def validate(config):
-  """Raises ValueError when a configured input path is unset or missing."""
-  for field in _REQUIRED_PATHS[config.data.dataset]:
-    _require(_resolve(config, field), f'config.data.{field}')
-  for field in ('train_sources', 'test_sources'):
-    if _resolve(config, field):
-      _require(_resolve(config, field), f'config.data.{field}')
+def validate_paths(config, required, optional=()):
+  """Raises ValueError when a `required` path field of config.data is unset
+  or missing, or an `optional` one is set but missing; checks channels."""
+  for field in required:
+    require_path(resolve_path(config, field), f'config.data.{field}')
+  for field in optional:
+    if resolve_path(config, field):
+      require_path(resolve_path(config, field), f'config.data.{field}')
   if config.data.channels not in (1, 3):
     raise ValueError(f'config.data.channels={config.data.channels} must be 1 '
                      'or 3')
 
 
-def create_train_iterator(config, *, seed, num_devices, start_step=0,
-                          process_index=0, process_count=1):
-  """Endless float32 (num_devices, per_device, T, H, W, C) batches."""
+def train_batches(split, config, *, seed, num_devices, start_step=0,
+                  process_index=0, process_count=1, labelled=False):
+  """Endless float32 (num_devices, per_device, T, H, W, C) batches of a
+  dataset's `split(config, 'train')` -> (Frames, windows, labels or None);
+  with `labelled`, dicts {'frames', 'labels': int32 (num_devices,
+  per_device)}."""
   host_batch = config.batch_size // process_count
-  frames, windows, _ = load_split(config, 'train')
+  frames, windows, labels = split(config, 'train')
+  if labelled and labels is None:
+    raise ValueError(f'{frames.name}: config.data.dataset='
+                     f'{config.data.dataset!r} has no action labels')
   logging.info('%s train: %d sequences of %d frames.', frames.name,
                len(windows), windows.shape[1])
   dataset = build_dataset(
       frames, windows, config, batch_size=host_batch, seed=seed, train=True,
       process_index=process_index, process_count=process_count,
-      start_element=start_step * host_batch)
-  return pipeline.as_numpy_batches(dataset, num_devices)
+      start_element=start_step * host_batch,
+      labels=labels if labelled else None)
+  batches = pipeline.as_numpy_batches(dataset, num_devices)
+  if not labelled:
+    return batches
+  return ({'frames': batch['frames'],
+           'labels': batch['label'].astype(np.int32)} for batch in batches)
 
 
-def load_test_set(config, labelled=False):
-  """The `data.TestSet` of the test split, its frames indexed and its
-  tf.data pipeline built once; with `labelled` (sthsth), chunks carry
-  'labels'."""
-  frames, windows, labels = load_split(config, 'test')
+def test_set(split, config, labelled=False):
+  """The `pipeline.TestSet` of `split(config, 'test')` (see `train_batches`),
+  its frames indexed and its tf.data pipeline built once; with `labelled`,
+  chunks carry 'labels'."""
+  frames, windows, labels = split(config, 'test')
+  if labelled and labels is None:
+    raise ValueError(f'{frames.name}: config.data.dataset='
+                     f'{config.data.dataset!r} has no action labels')
   dataset = build_dataset(frames, windows, config,
                           batch_size=config.eval_batch_size, train=False,
                           labels=labels if labelled else None)
@@ -574,20 +459,4 @@ def load_test_set(config, labelled=False):
       else:
         yield {'frames': batch[0]}
 
-  return data_lib.TestSet(len(windows), chunks)
-
-
-def sthsth_dataset(config, split, batch_size, *, seed=0, train=True,
-                   process_index=0, process_count=1, start_element=0):
-  """Something-Something v2 as a tf.data.Dataset of {'frames', 'label'}.
-
-  For the early action recognition task: frames float32 (B, T, H, W, 3),
-  label int64 (B,). process_index, process_count and start_element as in
-  `build_dataset`.
-  """
-  frames, windows, labels = _sthsth_split(config, split)
-  return build_dataset(frames, windows, config, batch_size=batch_size,
-                       seed=seed, train=train, labels=labels,
-                       process_index=process_index,
-                       process_count=process_count,
-                       start_element=start_element)
+  return pipeline.TestSet(len(windows), chunks, source=frames.name)
