@@ -201,7 +201,8 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
                     baseline=None):
   """Evaluates `params` (or a `baseline`) on config's test set on this host's devices.
 
-  Returns the `metrics.finalize` result.
+  Returns the `metrics.finalize` result and, under 'test_set', the scored
+  sequences' identity (`data.test_set_identity`).
   """
   batch_size = batch_size or config.eval_batch_size
   if not (num_batches == -1 or num_batches >= 1):
@@ -213,10 +214,13 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   eval_step = make_eval_step(models.create_model(config), config, baseline)
   replicated = distributed.replicate(params)
   test_set = data.load_test_set(config)
-  result, _ = evaluate(eval_step, replicated, test_set.batches(batch_size),
-                       num_batches, num_sequences=expected_test_size(
+  digest = data.new_digest()
+  result, _ = evaluate(eval_step, replicated,
+                       test_set.batches(batch_size, digest), num_batches,
+                       num_sequences=expected_test_size(
                            test_set.size, batch_size, num_batches))
-  return result
+  return {**result, 'test_set': data.test_set_identity(
+      config, test_set, digest, result['count'])}
 
 
 def _overridable_fields():

@@ -232,10 +232,14 @@ def prediction_task(config):
         process_index=jax.process_index(), process_count=jax.process_count())
 
   def evaluate_state(state):
-    return evaluate.evaluate(
-        eval_step, state.params, test_set.batches(config.eval_batch_size),
+    digest = data.new_digest()
+    result, samples = evaluate.evaluate(
+        eval_step, state.params,
+        test_set.batches(config.eval_batch_size, digest),
         config.num_eval_batches, NUM_SAMPLES, evaluate.expected_test_size(
             test_set.size, config.eval_batch_size, config.num_eval_batches))
+    return {**result, 'test_set': data.test_set_identity(
+        config, test_set, digest, result['count'])}, samples
 
   def write_evaluation(writer, step, result, samples):
     writer.write_evaluation(step, result, result['mean'],

@@ -95,6 +95,18 @@ def test_architecture_changes_are_refused(group, name, value, message):
     checkpoints.check_compatible(saved, current, 'runs/x')
 
 
+def test_resuming_with_other_digits_is_refused_with_the_reason():
+  saved, current = tiny.get_config(), tiny.get_config()
+  current.data.digits = 'tfds'
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"runs/x cannot resume: the run trained with "
+                     r"config.data.digits='bundled' and this config resolves "
+                     r"it to 'tfds'.*--config.data.digits=bundled"):
+    checkpoints.check_compatible(saved, current, 'runs/x')
+  saved.data.digits = 'auto'  # Recorded before digits were resolved.
+  checkpoints.check_compatible(saved, current, 'runs/x')
+
+
 def test_save_then_restore_or_keep(tmp_path):
   workdir, config = str(tmp_path), tiny.get_config()
   manager = checkpoints.create_manager(workdir, config)

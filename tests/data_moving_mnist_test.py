@@ -183,6 +183,19 @@ def test_bad_config_values_are_named(change, match):
     data_lib.validate_data_config(_config(**change), num_devices=1)
 
 
+def test_auto_digits_are_resolved_once_at_validation(monkeypatch):
+  monkeypatch.setattr(mnist_digits, 'network_available', lambda: False)
+  monkeypatch.setattr(mnist_digits, 'tfds_prepared', lambda data_dir: False)
+  config = _config(digits='auto')
+  data_lib.validate_data_config(config, num_devices=1)
+  assert config.data.digits == 'bundled'
+  def probe():
+    raise AssertionError('probed the network again')
+  monkeypatch.setattr(mnist_digits, 'network_available', probe)
+  data_lib.validate_data_config(config, num_devices=1)
+  next(data_lib.create_test_iterator(config))
+
+
 def test_batch_not_divisible_by_devices_is_named():
   config = _config()
   config.batch_size = 6

@@ -1,4 +1,5 @@
 """Tests of evaluation: metrics against a direct computation, and the CLI."""
+import hashlib
 import json
 
 import jax
@@ -36,6 +37,11 @@ def test_evaluate_matches_a_direct_computation():
     np.testing.assert_allclose(result['per_frame'][name],
                                np.mean(expected[name], axis=0), rtol=1e-4,
                                err_msg=name)
+  digest = hashlib.sha256(np.round(frames * 255).astype(np.uint8).tobytes())
+  assert result['test_set'] == {
+      'dataset': 'moving_mnist', 'source': 'generated from bundled held-out '
+      'digits', 'num_sequences': 32, 'seed': 1234,
+      'digest': 'sha256:' + digest.hexdigest()}
 
 
 def test_lpips_and_fvd_match_a_direct_computation():

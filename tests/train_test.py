@@ -100,6 +100,9 @@ def test_training_writes_losses_checkpoints_and_metrics(tiny_run):
   with open(os.path.join(workdir, 'eval', 'step_000012.json')) as f:
     result = json.load(f)
   assert result['step'] == STEPS and result['count'] == 16
+  assert result['test_set']['num_sequences'] == 16
+  assert result['test_set']['source'] == ('generated from bundled held-out '
+                                          'digits')
   assert set(result['mean']) == {'mse', 'mae', 'psnr', 'ssim', 'ssim_dr1'}
   assert len(result['per_frame']['mse']) == 4
   assert 'mean' in open(os.path.join(workdir, 'eval', 'step_000012.txt')).read()
