@@ -4,6 +4,7 @@ import glob
 import importlib
 import os
 
+from PIL import Image
 import pytest
 
 from configs import base
@@ -21,6 +22,7 @@ EXPERIMENTS = sorted(
     if not os.path.basename(path).startswith('_') and
     os.path.basename(path) != 'base.py')
 VIDEO_EXPERIMENTS = ('kitti', 'sthsth', 'sthsth_action', 'towncentre')
+OWN_DATA_EXPERIMENTS = ('video_folder',)
 # configs/mmnist.py's data fields that only the Moving MNIST pipeline reads.
 MOVING_MNIST_FIELDS = ('num_digits', 'digits', 'test_set',
                        'num_test_sequences', 'test_seed')
@@ -35,7 +37,7 @@ def _get_config(name):
 
 def test_every_experiment_is_listed():
   assert EXPERIMENTS == ['kitti', 'mmnist', 'mmnist_action', 'sthsth',
-                         'sthsth_action', 'tiny', 'towncentre']
+                         'sthsth_action', 'tiny', 'towncentre', 'video_folder']
   assert not hasattr(base, 'get_config')  # a helper, not an experiment
 
 
@@ -48,6 +50,10 @@ def test_experiment_builds_and_validates(name, tmp_path):
       if config.data.get(field):
         (tmp_path / config.data[field]).touch()
     config.data.data_dir = str(tmp_path)
+  if config.data.dataset == 'video_folder':  # Two clips of one frame.
+    for clip in ('a', 'b'):
+      (tmp_path / clip).mkdir()
+      Image.new('RGB', (8, 8)).save(tmp_path / clip / '0.png')
   train.validate_config(config, num_devices=1, process_count=1)
 
 
@@ -55,7 +61,7 @@ def test_experiment_builds_and_validates(name, tmp_path):
 def test_only_moving_mnist_has_moving_mnist_fields(name):
   data = _get_config(name).data
   present = [field for field in MOVING_MNIST_FIELDS if field in data]
-  if name in VIDEO_EXPERIMENTS:
+  if name in VIDEO_EXPERIMENTS + OWN_DATA_EXPERIMENTS:
     assert data.dataset != 'moving_mnist' and present == []
   else:
     assert data.dataset == 'moving_mnist'

@@ -160,7 +160,7 @@ def test_towncentre_too_few_frames_is_named(tmp_path):
 TOLERANCE = 0.02
 
 
-def _video_frames(count=12, height=32, width=48):
+def video_frames(count=12, height=32, width=48):
   """uint8 (count, height, width, 3) smooth frames, distinct per index."""
   y, x = np.mgrid[:height, :width]
   return np.stack([np.stack([
@@ -170,7 +170,7 @@ def _video_frames(count=12, height=32, width=48):
                    for i in range(count)]).round().astype(np.uint8)
 
 
-def _write_video(path, frames, codec):
+def write_video(path, frames, codec):
   """Encodes uint8 (T, H, W, 3) frames into `path` (container from suffix)."""
   av = pytest.importorskip('av')
   if codec not in av.codecs_available:
@@ -214,15 +214,15 @@ def _resized(frames, image_size=(8, 16)):
 def test_video_decoders_round_trip(tmp_path, monkeypatch, backend, codec,
                                    suffix):
   pytest.importorskip(backend)
-  frames = _video_frames()
-  path = _write_video(tmp_path / f'clip{suffix}', frames, codec)
+  frames = video_frames()
+  path = write_video(tmp_path / f'clip{suffix}', frames, codec)
   monkeypatch.setattr(video, 'video_backend', lambda: backend)
   _check_decoded(video.decode_video(path), frames)
 
 
 def _towncentre_video(tmp_path):
-  frames = _video_frames()
-  _write_video(tmp_path / 'TownCentreXVID.avi', frames, 'mpeg4')
+  frames = video_frames()
+  write_video(tmp_path / 'TownCentreXVID.avi', frames, 'mpeg4')
   return frames, _towncentre_config(tmp_path, 'TownCentreXVID.avi')
 
 
@@ -273,7 +273,7 @@ def test_towncentre_interrupted_extraction_leaves_no_cache(
 
 def test_towncentre_cache_falls_back_to_data_dir(tmp_path, monkeypatch):
   os.makedirs(tmp_path / 'videos')
-  _write_video(tmp_path / 'videos' / 'TownCentreXVID.avi', _video_frames(),
+  write_video(tmp_path / 'videos' / 'TownCentreXVID.avi', video_frames(),
                'mpeg4')
   config = _towncentre_config(tmp_path, 'videos/TownCentreXVID.avi')
   access = os.access
@@ -378,8 +378,8 @@ def test_sthsth_webm_videos_decode_sample_uniformly_with_labels(tmp_path):
   os.rename(tmp_path / 'frames' / '100', tmp_path / 'frames_100')
   clips = {}
   for clip, length in zip(('100', '101', '102'), (12, 9, 10)):
-    clips[clip] = _video_frames(length)[::-1]  # Reversed: order matters.
-    _write_video(tmp_path / 'frames' / f'{clip}.webm', clips[clip], 'libvpx')
+    clips[clip] = video_frames(length)[::-1]  # Reversed: order matters.
+    write_video(tmp_path / 'frames' / f'{clip}.webm', clips[clip], 'libvpx')
   entries = json.loads((tmp_path / 'train.json').read_text())
   entries += [dict(entries[0], id='101', template='Putting [something] on a '
                    'surface'), dict(entries[0], id='102')]

@@ -45,12 +45,14 @@ from stau_jax.data import moving_mnist
 from stau_jax.data import pipeline
 from stau_jax.data import sthsth
 from stau_jax.data import towncentre
+from stau_jax.data import video_folder
 
 DATASETS = {
     'moving_mnist': moving_mnist,
     'kitti': kitti,
     'towncentre': towncentre,
     'sthsth': sthsth,
+    'video_folder': video_folder,
 }
 
 TestSet = pipeline.TestSet

@@ -112,14 +112,14 @@ def read_frame_arrays(frames_path, sources_path=''):
   return Frames(frames_path, lengths, array=frames)
 
 
-def _image_files(folder):
+def image_files(folder):
   return sorted(f for f in glob.glob(os.path.join(folder, '*'))
                 if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def read_image_folder(folder):
   """One folder of frames (sorted by name) as a single clip."""
-  paths = _image_files(folder)
+  paths = image_files(folder)
   if not paths:
     raise ValueError(f'{folder}: no image files ({", ".join(IMAGE_EXTENSIONS)})')
   return Frames(folder, np.array([len(paths)]), paths=paths)
@@ -132,7 +132,7 @@ def read_clip_folders(root, clip_names=None):
                         if os.path.isdir(os.path.join(root, d)))
   paths, lengths = [], []
   for name in clip_names:
-    files = _image_files(os.path.join(root, name))
+    files = image_files(os.path.join(root, name))
     paths.extend(files)
     lengths.append(len(files))
   if not paths:
@@ -145,7 +145,7 @@ def read_frames(path, sources_path=''):
   """Dispatches on the layout: array file, folder of frames, clip folders."""
   if os.path.isfile(path):
     return read_frame_arrays(path, sources_path)
-  if _image_files(path):
+  if image_files(path):
     return read_image_folder(path)
   return read_clip_folders(path)
 
@@ -226,20 +226,22 @@ def uniform_windows(clip_lengths, length, name):
 # tf.data -------------------------------------------------------------------
 
 
-def crop_and_resize(frames, image_size):
-  """Center-crops uint8 frames (T, h, w, C) to the aspect of `image_size`,
-  resizes them to it and scales to float32 [0, 1]."""
+def crop_and_resize(frames, image_size, center_crop=True):
+  """Center-crops uint8 frames (T, h, w, C) to the aspect of `image_size`
+  (unless `center_crop` is False: then the aspect changes), resizes them to
+  it and scales to float32 [0, 1]."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   height, width = image_size
-  shape = tf.shape(frames)
-  h, w = shape[1], shape[2]
-  crop_h = tf.minimum(h, tf.cast(tf.round(
-      tf.cast(w, tf.float32) * height / width), tf.int32))
-  crop_w = tf.minimum(w, tf.cast(tf.round(
-      tf.cast(h, tf.float32) * width / height), tf.int32))
-  top = (h - crop_h) // 2
-  left = (w - crop_w) // 2
-  frames = frames[:, top:top + crop_h, left:left + crop_w]
+  if center_crop:
+    shape = tf.shape(frames)
+    h, w = shape[1], shape[2]
+    crop_h = tf.minimum(h, tf.cast(tf.round(
+        tf.cast(w, tf.float32) * height / width), tf.int32))
+    crop_w = tf.minimum(w, tf.cast(tf.round(
+        tf.cast(h, tf.float32) * width / height), tf.int32))
+    top = (h - crop_h) // 2
+    left = (w - crop_w) // 2
+    frames = frames[:, top:top + crop_h, left:left + crop_w]
   frames = tf.image.convert_image_dtype(frames, tf.float32)
   resized = tf.image.resize(frames, (height, width), antialias=True)
   return tf.clip_by_value(resized, 0.0, 1.0)
@@ -284,7 +286,8 @@ def build_dataset(frames, windows, config, *, batch_size, seed=0,
   Args:
     frames: the `Frames` to read.
     windows: int (W, T) frame indices of every sequence.
-    config: experiment config (image_size, channels).
+    config: experiment config (image_size, channels, center_crop: True when
+      absent).
     batch_size: B (per host).
     seed: shuffle seed.
     train: shuffle + repeat + drop_remainder when True; one ordered pass
@@ -296,6 +299,7 @@ def build_dataset(frames, windows, config, *, batch_size, seed=0,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   image_size = tuple(config.data.image_size)
   channels = config.data.channels
+  center_crop = config.data.get('center_crop', True)
   length = windows.shape[1]
   windows_t = tf.constant(windows, tf.int64)
   labels_t = None if labels is None else tf.constant(labels, tf.int64)
@@ -304,7 +308,7 @@ def build_dataset(frames, windows, config, *, batch_size, seed=0,
   def make(index):
     clip = load(tf.gather(windows_t, index))
     clip = tf.ensure_shape(clip, (length, None, None, channels))
-    clip = tf.ensure_shape(crop_and_resize(clip, image_size),
+    clip = tf.ensure_shape(crop_and_resize(clip, image_size, center_crop),
                            (length,) + image_size + (channels,))
     if labels_t is None:
       return clip
