@@ -125,15 +125,22 @@ def save_png(path, image):
   Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
 
 
+def auto_scale(image_size):
+  """Upscaling that shows (H, W) frames at least 64 pixels on a side."""
+  return max(1, -(-64 // min(image_size)))
+
+
 def save_gif(path, frames, predictions, input_length, duration_ms=200,
              scale=1):
   """Writes an animated GIF: truth on the left, the model's view on the right.
 
-  The right panel shows the inputs, then the predicted frames.
+  The right panel shows the inputs, then the predicted frames. When `frames`
+  hold only the inputs (no true future), the GIF is the model's view alone.
 
   Args:
     path: output .gif path.
-    frames: (T, H, W, C) true frames in [0, 1].
+    frames: (T, H, W, C) true frames in [0, 1], T = input_length +
+      len(predictions), or T = input_length.
     predictions: (T - input_length, H, W, C) predicted future frames.
     input_length: number of observed frames.
     duration_ms: time per frame.
@@ -142,13 +149,17 @@ def save_gif(path, frames, predictions, input_length, duration_ms=200,
   frames = _upscale(to_uint8(frames), scale)
   shown = np.concatenate([frames[:input_length],
                           _upscale(to_uint8(predictions), scale)])
-  gap = np.full(frames.shape[:2] + (_GAP,) + frames.shape[3:], 255, np.uint8)
-  panels = np.concatenate([frames, gap, shown], axis=2)
+  if len(frames) < len(shown):
+    panels = shown
+  else:
+    gap = np.full(frames.shape[:2] + (_GAP,) + frames.shape[3:], 255,
+                  np.uint8)
+    panels = np.concatenate([frames, gap, shown], axis=2)
   if panels.shape[-1] == 1:
     panels = panels[..., 0]
   images = [Image.fromarray(panel) for panel in panels]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  images[0].save(path, save_all=True, append_images=images[1:],
+  images[0].save(path, format='GIF', save_all=True, append_images=images[1:],
                  duration=duration_ms, loop=0)
 
 

@@ -6,11 +6,14 @@ pictures.py, which needs no model. The CLI:
 
   python -m stau_jax.visualize --export=stau_mmnist.export --input=clips.npy \
       --output=pictures [--index=0 --index=3]
+  python -m stau_jax.visualize --export=my_videos.export --input=clip.mp4 \
+      [--start=30] [--resize] --output=pictures
 
 writes strip.png (inputs | truth | prediction | |error| rows), animation.gif,
-attention.png and gates.png for each chosen sequence of IN (N, T, H, W[, C]),
-which needs total_length frames per sequence to show the truth; with several
---index the names get a `seq<i>_` prefix.
+attention.png and gates.png for each chosen sequence of IN (N, T, H, W[, C])
+or for the one sequence of a video file or frames folder (read as predict
+reads it, `predict.read_input`). IN needs total_length frames per sequence to
+show the truth; with several --index the names get a `seq<i>_` prefix.
 """
 import functools
 import os
@@ -227,7 +230,7 @@ def write_pictures(params, config, frames, output_dir, prefix='', scale=None):
   """
   input_length = config.data.input_length
   frames = np.asarray(frames, np.float32)[:config.data.total_length]
-  scale = scale or max(1, -(-64 // min(frames.shape[1:3])))
+  scale = scale or pictures.auto_scale(frames.shape[1:3])
   collected = collect_attention(params, config, frames)
   predictions = collected['predictions']
   paths = [os.path.join(output_dir, prefix + name) for name in
@@ -249,7 +252,12 @@ def define_flags():
   """Defines the CLI flags (only when run as a program)."""
   flags.DEFINE_string('export', None, 'Export file (stau_jax.export).')
   flags.DEFINE_string('input', None, '.npy of sequences (N, T, H, W[, C]), '
-                      'uint8 or float in [0, 1], T >= total_length.')
+                      'uint8 or float in [0, 1], T >= total_length; or a '
+                      'video file or folder of frames (one sequence).')
+  flags.DEFINE_integer('start', 0, 'First frame of the input drawn.',
+                       lower_bound=0)
+  flags.DEFINE_bool('resize', False, "Center-crop and resize a video's frames "
+                    "to the export's frame size.")
   flags.DEFINE_string('output', None, 'Directory for the pictures.')
   flags.DEFINE_multi_integer('index', [0], 'Sequences to draw (repeatable).')
   flags.DEFINE_integer('scale', 0, 'Frame upscaling; 0: frames >= 64 pixels.',
@@ -261,7 +269,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   params, config = export.load_export(FLAGS.export)
-  clips = predict.load_frames(FLAGS.input)
+  clips = predict.read_input(FLAGS.input, config, FLAGS.start, FLAGS.resize)
   for index in FLAGS.index:
     if not 0 <= index < len(clips):
       raise app.UsageError(f'--index={index} is outside the {len(clips)} '

@@ -8,8 +8,8 @@ import pytest
 from configs import video_folder as video_folder_config
 from stau_jax import data as data_lib
 from stau_jax.data import video_folder
-from tests.data_video_test import video_frames
-from tests.data_video_test import write_video
+from tests.videos import video_frames
+from tests.videos import write_video
 
 pytest.importorskip('tensorflow')
 

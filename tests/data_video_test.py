@@ -13,6 +13,8 @@ from stau_jax import data as data_lib
 from stau_jax import models
 from stau_jax.data import sthsth as sthsth_data
 from stau_jax.data import video
+from tests.videos import video_frames
+from tests.videos import write_video
 
 pytest.importorskip('tensorflow')
 
@@ -158,33 +160,6 @@ def test_towncentre_too_few_frames_is_named(tmp_path):
 # Codecs are those of the PyAV wheel (av 18: mpeg4, libvpx for VP8). Their
 # mean abs error is ~0.007 on [0, 1], neighbouring frames differ by ~0.03.
 TOLERANCE = 0.02
-
-
-def video_frames(count=12, height=32, width=48):
-  """uint8 (count, height, width, 3) smooth frames, distinct per index."""
-  y, x = np.mgrid[:height, :width]
-  return np.stack([np.stack([
-      np.full((height, width), 20 * i + 10.0),
-      40 + 150 * x / (width - 1),
-      40 + 100 * y / (height - 1) + 5 * i], axis=-1)
-                   for i in range(count)]).round().astype(np.uint8)
-
-
-def write_video(path, frames, codec):
-  """Encodes uint8 (T, H, W, 3) frames into `path` (container from suffix)."""
-  av = pytest.importorskip('av')
-  if codec not in av.codecs_available:
-    pytest.skip(f'the installed PyAV has no {codec} encoder')
-  with av.open(str(path), 'w') as container:
-    stream = container.add_stream(codec, rate=10)
-    stream.height, stream.width = frames.shape[1:3]
-    stream.pix_fmt = 'yuv420p'
-    stream.bit_rate = 2_000_000
-    for frame in frames:
-      container.mux(stream.encode(
-          av.VideoFrame.from_ndarray(frame, format='rgb24')))
-    container.mux(stream.encode())
-  return str(path)
 
 
 def _error(decoded, expected):

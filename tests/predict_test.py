@@ -6,12 +6,16 @@ import tracemalloc
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from configs import tiny
+from stau_jax import errors
 from stau_jax import export
 from stau_jax import models
 from stau_jax import predict
+from tests.videos import video_frames
+from tests.videos import write_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,3 +131,73 @@ def test_cli_checks_the_output_path_before_predicting(tiny_export, tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith(
       'error: No such file or directory (')
   assert 'missing_dir' in result.stderr and 'Traceback' not in result.stderr
+
+
+def _gray_video(tmp_path, count=10):
+  """A 16x16 mpeg4 clip and a folder of its frames as PNG; (path, folder,
+  uint8 (count, 16, 16, 3) frames)."""
+  frames = video_frames(count, 16, 16)
+  path = write_video(tmp_path / 'clip.mp4', frames, 'mpeg4')
+  os.makedirs(tmp_path / 'frames')
+  for i, frame in enumerate(frames):
+    Image.fromarray(frame).save(tmp_path / 'frames' / f'{i:03d}.png')
+  return path, str(tmp_path / 'frames'), frames
+
+
+def test_video_and_frames_folder_inputs_are_one_sequence(tiny_export,
+                                                         tmp_path):
+  _, params, config = tiny_export
+  path, folder, frames = _gray_video(tmp_path)
+  gray = np.stack([np.asarray(Image.fromarray(f).convert('L'))
+                   for f in frames])[None, ..., None]
+  from_folder = predict.read_input(folder, config)
+  np.testing.assert_array_equal(from_folder, gray)
+  np.testing.assert_array_equal(predict.read_input(folder, config, start=3),
+                                gray[:, 3:])
+  from_video = predict.read_input(path, config)
+  assert from_video.shape == gray.shape and from_video.dtype == np.uint8
+  assert np.abs(from_video / 255 - gray / 255).mean() < 0.02
+  np.testing.assert_allclose(predict.predict(params, config, from_folder),
+                             predict.predict(params, config, gray / 255),
+                             atol=1e-6)
+
+
+def test_video_input_of_another_size_is_refused_or_resized(tiny_export,
+                                                           tmp_path):
+  _, _, config = tiny_export
+  frames = np.zeros((5, 24, 40, 3), np.uint8)
+  frames[:, :, 12:28] = 255  # the centre 24x16 survives the crop
+  os.makedirs(tmp_path / 'big')
+  for i, frame in enumerate(frames):
+    Image.fromarray(frame).save(tmp_path / 'big' / f'{i}.png')
+  with pytest.raises(errors.InputError, match=r'Input frames are 24x40 but '
+                     r'the model was trained on 16x16.*pass --resize'):
+    predict.read_input(str(tmp_path / 'big'), config)
+  resized = predict.read_input(str(tmp_path / 'big'), config, resize=True)
+  assert resized.shape == (1, 5, 16, 16, 1)
+  assert resized[0, 0, :, 4:12].min() > 200 and resized[0, 0, :, 0].max() < 60
+  np.save(tmp_path / 'in.npy', np.zeros((1, 8, 16, 16), np.uint8))
+  with pytest.raises(errors.InputError, match='--resize applies to a video'):
+    predict.read_input(str(tmp_path / 'in.npy'), config, resize=True)
+  with pytest.raises(errors.InputError, match=r"--start=5 is past the video's "
+                     '5 frames'):
+    predict.read_input(str(tmp_path / 'big'), config, start=5)
+
+
+@pytest.mark.parametrize('count, panels', [(10, 2), (6, 1)])
+def test_cli_predicts_a_video_and_writes_a_gif(tiny_export, tmp_path, count,
+                                               panels):
+  path, params, config = tiny_export
+  video_path, _, _ = _gray_video(tmp_path, count)
+  output, gif = tmp_path / 'future.npy', tmp_path / 'future.gif'
+  subprocess.run(
+      [sys.executable, '-m', 'stau_jax.predict', f'--export={path}',
+       f'--input={video_path}', '--start=1', f'--output={output}',
+       f'--gif={gif}'], check=True, cwd=ROOT, capture_output=True)
+  expected = predict.predict(params, config,
+                             predict.read_input(video_path, config, start=1))
+  np.testing.assert_allclose(np.load(output), expected, atol=1e-5)
+  with Image.open(gif) as animation:
+    assert animation.n_frames == config.data.total_length
+    # 16-pixel frames are drawn 4x; with the truth, two panels and a gap.
+    assert animation.size == ((64, 64) if panels == 1 else (130, 64))

@@ -97,3 +97,22 @@ def test_cli_writes_the_pictures(tmp_path, tiny_model):
   truth = strip[66:130, width - (4 * 66 - 2):width - (4 * 66 - 2) + 64]
   np.testing.assert_array_equal(truth[::4, ::4], clips[1, 4])
   assert Image.open(tmp_path / 'out' / 'seq0_animation.gif').n_frames == 8
+
+
+def test_cli_draws_a_frames_folder_from_start(tmp_path, tiny_model):
+  from stau_jax import export  # pylint: disable=g-import-not-at-top
+  from tests import runs  # pylint: disable=g-import-not-at-top
+  params, config, frames = tiny_model
+  export.save_export(str(tmp_path / 'tiny.export'), params, config)
+  gray = pictures.to_uint8(frames)[..., 0]
+  os.makedirs(tmp_path / 'frames')
+  for i, frame in enumerate(np.concatenate([gray[:2], gray])):
+    Image.fromarray(frame).save(tmp_path / 'frames' / f'{i:03d}.png')
+  runs.python('-m', 'stau_jax.visualize',
+              f'--export={tmp_path / "tiny.export"}',
+              f'--input={tmp_path / "frames"}', '--start=2',
+              f'--output={tmp_path / "out"}')
+  strip = np.asarray(Image.open(tmp_path / 'out' / 'strip.png'))
+  width = strip.shape[1]
+  truth = strip[66:130, width - (4 * 66 - 2):width - (4 * 66 - 2) + 64]
+  np.testing.assert_array_equal(truth[::4, ::4], gray[4])
