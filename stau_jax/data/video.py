@@ -418,6 +418,15 @@ def validate_paths(config, required, optional=()):
                      'or 3')
 
 
+def _read_split(split, config, name, labelled):
+  """split(config, name), refused when `labelled` and it has no labels."""
+  frames, windows, labels = split(config, name)
+  if labelled and labels is None:
+    raise ValueError(f'{frames.name}: config.data.dataset='
+                     f'{config.data.dataset!r} has no action labels')
+  return frames, windows, labels
+
+
 def train_batches(split, config, *, seed, num_devices, start_step=0,
                   process_index=0, process_count=1, labelled=False):
   """Endless float32 (num_devices, per_device, T, H, W, C) batches of a
@@ -425,10 +434,7 @@ def train_batches(split, config, *, seed, num_devices, start_step=0,
   with `labelled`, dicts {'frames', 'labels': int32 (num_devices,
   per_device)}."""
   host_batch = config.batch_size // process_count
-  frames, windows, labels = split(config, 'train')
-  if labelled and labels is None:
-    raise ValueError(f'{frames.name}: config.data.dataset='
-                     f'{config.data.dataset!r} has no action labels')
+  frames, windows, labels = _read_split(split, config, 'train', labelled)
   logging.info('%s train: %d sequences of %d frames.', frames.name,
                len(windows), windows.shape[1])
   dataset = build_dataset(
@@ -447,10 +453,7 @@ def test_set(split, config, labelled=False):
   """The `pipeline.TestSet` of `split(config, 'test')` (see `train_batches`),
   its frames indexed and its tf.data pipeline built once; with `labelled`,
   chunks carry 'labels'."""
-  frames, windows, labels = split(config, 'test')
-  if labelled and labels is None:
-    raise ValueError(f'{frames.name}: config.data.dataset='
-                     f'{config.data.dataset!r} has no action labels')
+  frames, windows, labels = _read_split(split, config, 'test', labelled)
   dataset = build_dataset(frames, windows, config,
                           batch_size=config.eval_batch_size, train=False,
                           labels=labels if labelled else None)
