@@ -155,10 +155,8 @@ def test_towncentre_too_few_frames_is_named(tmp_path):
     data_lib.create_train_iterator(config, num_devices=1)
 
 
-# Tiny videos encoded on the fly with PyAV: channel 0 steps by 20 per frame
-# and channels 1-2 hold smooth gradients, so lossy codecs keep them close.
-# Codecs are those of the PyAV wheel (av 18: mpeg4, libvpx for VP8). Their
-# mean abs error is ~0.007 on [0, 1], neighbouring frames differ by ~0.03.
+# Decoding error of the tiny videos of tests/videos.py: their mean abs error
+# is ~0.007 on [0, 1], neighbouring frames differ by ~0.03.
 TOLERANCE = 0.02
 
 
