@@ -18,7 +18,6 @@ TensorFlow is imported only when a pipeline is built.
 import dataclasses
 import glob
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
