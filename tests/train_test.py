@@ -211,17 +211,23 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
 
 
+def _train_step(config, model):
+  """(replicated fresh state, pmapped train step) of the prediction loss."""
+  optimizer = train.create_optimizer(config)
+  state = train.create_train_state(
+      config, lambda rng: models.init_params(model, config, rng), optimizer)
+  return (distributed.replicate(state), train.make_train_step(
+      train.prediction_loss(model, config), optimizer, config))
+
+
 def test_half_precision_trains_in_bfloat16_with_float32_params():
   config = _config(half_precision=True)
   model = models.create_model(config, dtype=jnp.bfloat16)
-  optimizer = train.create_optimizer(config)
-  state = distributed.replicate(
-      train.create_train_state(config, model, optimizer))
-  step = train.make_train_step(model, optimizer, config)
+  state, step = _train_step(config, model)
   batches = data.create_train_iterator(config, num_devices=1)
   losses = []
   for _ in range(3):
-    state, step_metrics = step(state, next(batches))
+    state, step_metrics = step(state, next(batches), None)
     losses.append(float(step_metrics['loss'][0]))
   assert np.all(np.isfinite(losses))
   assert {x.dtype for x in jax.tree_util.tree_leaves(state.params)} == {
@@ -230,13 +236,9 @@ def test_half_precision_trains_in_bfloat16_with_float32_params():
 
 def test_reverse_scheduled_sampling_trains():
   config = _config(reverse_scheduled_sampling=True)
-  model = models.create_model(config)
-  optimizer = train.create_optimizer(config)
-  state = distributed.replicate(
-      train.create_train_state(config, model, optimizer))
-  step = train.make_train_step(model, optimizer, config)
+  state, step = _train_step(config, models.create_model(config))
   state, step_metrics = step(state, next(
-      data.create_train_iterator(config, num_devices=1)))
+      data.create_train_iterator(config, num_devices=1)), None)
   assert np.isfinite(float(step_metrics['loss'][0]))
   assert float(step_metrics['eta'][0]) == 0.5
 
