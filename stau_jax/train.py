@@ -407,8 +407,7 @@ def _warn_if_slow(config, step, progress):
         'At %.3g steps/s the remaining %d steps take %.1f days. For a quick '
         'run use configs/tiny.py on a CPU (seconds); for the paper\'s runs '
         'use a GPU (launch/gpu_single.sh, docs/speed.md).',
-        progress.rate(step), config.num_train_steps - step,
-        left / SLOW_RUN_SECS)
+        progress.rate(step), config.num_train_steps - step, left / 86400)
   return True
 
 

@@ -7,6 +7,8 @@ were written, with the values those versions behaved as, so that the code
 after it reads every field plainly (`config.model.frontend`). A field added
 to configs/base.py that older files lack gets one line in ADDED_FIELDS.
 """
+import copy
+
 import ml_collections
 
 # Dotted field -> the value a config written before the field existed means.
@@ -28,7 +30,7 @@ def upgrade_config(config):
 
   Sections it lacks (no `model`) stay absent: the readers name them.
   """
-  config = ml_collections.ConfigDict(config.to_dict())
+  config = copy.deepcopy(config)
   for path, value in ADDED_FIELDS.items():
     *parents, name = path.split('.')
     section = config

@@ -91,5 +91,5 @@ def test_a_training_step_adds_the_decoupling_loss_and_moves_every_parameter():
     assert np.all(np.isfinite(after)), path
     assert np.abs(after - before).max() > 0, path
   for _ in range(2):
-    state, step_metrics = step(state, frames)
+    state, step_metrics = step(state, frames, None)
     assert np.isfinite(step_metrics['loss'][0])
