@@ -411,6 +411,24 @@ def _warn_if_slow(config, step, progress):
   return True
 
 
+def _due(config, step, initial_step, progress):
+  """(log, evaluate, checkpoint): what is due after update `step`; all three
+  after the last one, a progress line also after a run's first steps and
+  PROGRESS_EVERY_SECS after the last line."""
+  is_last = step == config.num_train_steps
+  log_now = (step % config.log_every_steps == 0 or is_last or
+             step <= initial_step + FIRST_STEPS_LOGGED or progress.due())
+  return (log_now, step % config.eval_every_steps == 0 or is_last,
+          step % config.checkpoint_every_steps == 0 or is_last)
+
+
+def _fetch(pending):
+  """[{'step', 'loss', 'learning_rate', ...}] of the (step, device metrics)
+  pairs `pending`, fetched to the host (device 0's copy)."""
+  return [{'step': s, **{k: float(v[0]) for k, v in m.items()}}
+          for s, m in jax.device_get(pending)]
+
+
 def _full_disk(error):
   """Whether `error`, or an error it was raised from, is a full disk."""
   while error is not None:
@@ -466,17 +484,12 @@ def _fit(config, workdir, task):
         jax.block_until_ready(step_metrics)
         first_step_secs = progress.elapsed()
         progress.mark(step)
-      is_last = step == config.num_train_steps
-      log_now = (step % config.log_every_steps == 0 or is_last or
-                 step <= initial_step + FIRST_STEPS_LOGGED or progress.due())
-      eval_now = step % config.eval_every_steps == 0 or is_last
-      checkpoint_now = step % config.checkpoint_every_steps == 0 or is_last
+      log_now, eval_now, checkpoint_now = _due(config, step, initial_step,
+                                               progress)
       if not (log_now or eval_now or checkpoint_now):
         continue
 
-      records = [{'step': s, **{k: float(v[0]) for k, v in m.items()}}
-                 for s, m in jax.device_get(pending)]
-      pending = []
+      records, pending = _fetch(pending), []
       _check_losses(records, workdir, last_good_step)
       if eval_now or checkpoint_now:
         _check_state(jax.device_get(check_step(state, batch, task.frozen)),
