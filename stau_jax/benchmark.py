@@ -153,7 +153,7 @@ def run(config, steps=5, profile_dir=None):
       'samples_per_s': round(batch / train_step_s, 3),
       'device': f'{device.platform}:{device.device_kind}',
       'compute_dtype': jnp.dtype(compute_dtype).name,
-      'conv_impl': ops.resolve_conv_impl(config.model.get('conv_impl', 'auto')),
+      'conv_impl': ops.resolve_conv_impl(config.model.conv_impl),
       'params': predictor.count_params(params),
       'batch_size': batch,
       'total_length': data.total_length,

@@ -28,7 +28,7 @@ from flax import serialization
 
 from stau_jax import data
 from stau_jax import errors
-from stau_jax import models
+from stau_jax import upgrade
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -37,10 +37,10 @@ DIGEST = 'digest'
 _held_locks = set()  # absolute lock paths this process holds
 
 # Fields that must match between a run and the config it resumes with: the
-# model architecture and the shape of the frames it was trained on; for
-# action recognition (recognize.py) also the classifier and the frozen
-# predictor's export file (absent, None, in prediction runs).
-ARCHITECTURE_FIELDS = ('model', 'classifier', 'predictor_sha256') + tuple(
+# model architecture and the shape of the frames it was trained on. A task
+# whose checkpoints depend on more adds its own (train.Task.
+# architecture_fields).
+ARCHITECTURE_FIELDS = ('model',) + tuple(
     f'data.{name}' for name in ('dataset', 'image_size', 'channels',
                                 'input_length', 'total_length'))
 # config.model fields that choose how, not what, the model computes.
@@ -56,9 +56,8 @@ def _field(config, path):
   for name in path.split('.'):
     config = config.get(name)
   if path == 'model':
-    # Fields added later take their defaults, so older runs still resume.
-    fields = dict(models.MODEL_DEFAULTS, **config.to_dict())
-    return {k: v for k, v in fields.items() if k not in IMPLEMENTATION_FIELDS}
+    return {k: v for k, v in config.to_dict().items()
+            if k not in IMPLEMENTATION_FIELDS}
   return config
 
 
@@ -68,7 +67,9 @@ def _normalize(value):
 
 
 def read_config(workdir):
-  """The ConfigDict in WORKDIR/config.json; CheckpointError if unreadable."""
+  """The ConfigDict in WORKDIR/config.json, upgraded (`upgrade.upgrade_config`:
+  runs of older versions get the fields added since); CheckpointError if
+  unreadable."""
   path = os.path.join(workdir, CONFIG_FILE)
   try:
     with open(path) as f:
@@ -82,7 +83,7 @@ def read_config(workdir):
         f'The run config has no {" or ".join(missing)} section', path,
         'it was not written by stau_jax training; restore the file or use '
         'another --workdir')
-  return ml_collections.ConfigDict(fields)
+  return upgrade.upgrade_config(ml_collections.ConfigDict(fields))
 
 
 def write_config(workdir, config):
@@ -94,10 +95,11 @@ def write_config(workdir, config):
   os.replace(path + '.tmp', path)
 
 
-def check_compatible(saved_config, config, workdir):
-  """Raises CheckpointError if an architecture field of the configs differs,
-  or a field the dataset keeps on resume (`data.resume_conflict`)."""
-  for path in ARCHITECTURE_FIELDS:
+def check_compatible(saved_config, config, workdir,
+                     fields=ARCHITECTURE_FIELDS):
+  """Raises CheckpointError if one of `fields` (dotted) differs in the
+  configs, or a field the dataset keeps on resume (`data.resume_conflict`)."""
+  for path in fields:
     saved, current = (_normalize(_field(c, path)) for c in (saved_config,
                                                             config))
     if isinstance(saved, dict) and isinstance(current, dict):
@@ -140,7 +142,7 @@ def changed_fields(saved_config, config):
 def create_manager(workdir, config, read_only=False):
   """An orbax CheckpointManager for WORKDIR/checkpoints keeping the last few."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.get('keep_checkpoints', 3), create=not read_only,
+      max_to_keep=config.keep_checkpoints, create=not read_only,
       read_only=read_only)
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options)
@@ -307,7 +309,8 @@ def restore_state_dict(manager, step, workdir):
   return state_dict
 
 
-def restore_or_keep(manager, state, config, workdir):
+def restore_or_keep(manager, state, config, workdir,
+                    fields=ARCHITECTURE_FIELDS):
   """Restores the latest checkpoint into `state`'s structure, if there is one.
 
   Args:
@@ -315,6 +318,7 @@ def restore_or_keep(manager, state, config, workdir):
     state: freshly initialized host train state (the restore target).
     config: the current config, checked against WORKDIR/config.json.
     workdir: the run directory.
+    fields: the config fields that must match the run's (`check_compatible`).
 
   Returns:
     The restored state, or `state` unchanged when there is no checkpoint.
@@ -326,7 +330,7 @@ def restore_or_keep(manager, state, config, workdir):
   step = manager.latest_step()
   if step is None:
     return state
-  check_compatible(read_config(workdir), config, workdir)
+  check_compatible(read_config(workdir), config, workdir, fields)
   restored = restore_state_dict(manager, step, workdir)
   target = serialization.to_state_dict(state)
   target_shapes = _shapes(target)

@@ -98,7 +98,7 @@ def convert_state_dict(state_dict, config):
   model = models.create_model(config)
   expected = models.param_shapes(config)
   unit = registry.get(config.model.cell)
-  frontend = models.model_fields(config).frontend
+  frontend = config.model.frontend
   first_layer, offset = {}, 0
   for group in model.groups:
     first_layer[group.name] = offset

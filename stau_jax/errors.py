@@ -46,3 +46,8 @@ class JoinError(UserError, RuntimeError):
 class InputError(UserError, ValueError):
   """An input file or setting (frames, a PyTorch checkpoint, a size) that
   cannot be used."""
+
+
+class TrainingStopped(UserError, RuntimeError):
+  """A training run stopped from outside (Ctrl-C, SIGTERM, a full disk); the
+  message names the checkpoint it resumes from."""

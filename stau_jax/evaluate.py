@@ -16,7 +16,6 @@ same test set, for comparison.
 """
 import json
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -45,9 +44,8 @@ MOVING_MNIST_TEST_FIELDS = ('data.test_set', 'data.digits',
 
 
 def eval_metric_names(config):
-  """The metrics `config.eval_metrics` names (older configs: the default set)."""
-  return metrics.parse_metrics(
-      config.get('eval_metrics', ','.join(metrics.DEFAULT_METRICS)))
+  """The metrics `config.eval_metrics` names."""
+  return metrics.parse_metrics(config.eval_metrics)
 
 
 def validate_eval_config(config):
@@ -67,7 +65,7 @@ def validate_eval_config(config):
                  clips, clips)
   size = expected_test_size(data.test_set_size(config),
                             config.eval_batch_size,
-                            config.get('num_eval_batches', -1))
+                            config.num_eval_batches)
   for name in set_level:
     if size is not None and size < metrics.SET_METRICS[name].min_count:
       raise ValueError(
@@ -160,7 +158,7 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
     host's first n <= num_samples sequences.
   """
   sums, features, samples = None, None, None
-  start = last_progress = time.time()
+  progress = summaries.Progress()
   total = num_batches if num_batches > 0 else None
   for index, batch in enumerate(batches):
     if index == num_batches:
@@ -168,13 +166,11 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
     frames, valid = batch['frames'], batch['valid']
     if total is None and num_sequences:
       total = -(-num_sequences // len(frames))
-    if index and time.time() - last_progress >= summaries.PROGRESS_EVERY_SECS:
-      last_progress = time.time()
-      rate = index / (last_progress - start)
+    if index and progress.due():
       logging.info('Evaluating: %d/%s batches of %d | %.2f batches/s | ETA %s',
-                   index, total or '?', len(frames), rate,
-                   summaries.format_duration((total - index) / rate)
-                   if total else '?')
+                   index, total or '?', len(frames), progress.rate(index),
+                   progress.eta(index, total))
+      progress.logged()
     frames, valid = distributed.host_shard((frames, valid))
     batch_sums, (batch_features, all_valid), predictions = eval_step(
         params, frames, valid)
@@ -286,7 +282,7 @@ def main(argv):
     overrides['data.test_set'] = FLAGS.data
   apply_overrides(config, overrides)
   result = evaluate_params(params, config, config.eval_batch_size,
-                           config.get('num_eval_batches', -1), FLAGS.baseline)
+                           config.num_eval_batches, FLAGS.baseline)
   if FLAGS.baseline:
     print(f'Baseline {FLAGS.baseline!r} on the test set of {FLAGS.export}:')
   print(metrics.format_table(result))

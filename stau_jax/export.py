@@ -29,6 +29,7 @@ from stau_jax import checkpoints
 from stau_jax import cli
 from stau_jax import errors
 from stau_jax import models
+from stau_jax import upgrade
 
 FORMAT = 'stau_jax.export'
 VERSION = 1
@@ -62,7 +63,9 @@ def save_export(path, params, config):
 
 
 def load_export(path):
-  """Reads an export file; returns (params, config).
+  """Reads an export file; returns (params, config), the config upgraded
+  (`upgrade.upgrade_config`: files of older versions get the fields added
+  since).
 
   Raises ExportError when the file is missing, not an export file, of an
   unknown version, corrupt (checksum), or its parameters do not match the
@@ -94,7 +97,8 @@ def load_export(path):
     raise ExportError(f'{path!r} is corrupt: its parameter checksum does not '
                       f'match.')
   try:
-    config = ml_collections.ConfigDict(json.loads(contents['config']))
+    config = upgrade.upgrade_config(
+        ml_collections.ConfigDict(json.loads(contents['config'])))
     params = serialization.msgpack_restore(params_bytes)
   except Exception as e:  # json and msgpack raise several unrelated types.
     raise ExportError(f'Unreadable config or parameters: {e}', path,

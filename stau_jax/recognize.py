@@ -51,6 +51,10 @@ from stau_jax.models import predictor as predictor_lib
 
 NO_PREDICTOR = 'none'
 TOP_K = 5
+# A resumed run must also keep the classifier and the frozen predictor's
+# export file (its SHA-256, see `with_predictor`).
+ARCHITECTURE_FIELDS = checkpoints.ARCHITECTURE_FIELDS + ('classifier',
+                                                         'predictor_sha256')
 
 
 class Classifier(nn.Module):
@@ -105,49 +109,22 @@ def make_features_fn(config, predictor=None):
   return hidden_states
 
 
-def _cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def recognition_loss(features_fn, classifier):
+  """The classifier's `train.Task.loss`: (params, batch, rng, step,
+  frozen=predictor params, absent for the baseline) -> (cross-entropy,
+  {'accuracy'}) on this device's batch {'frames': (B_device, T, H, W, C),
+  'labels': int32 (B_device,)}."""
 
-
-def train_step(state, batch, predictor_params, *, features_fn, classifier,
-               optimizer, config):
-  """One classifier update on this device's batch (inside pmap).
-
-  batch: {'frames': (B_device, T, H, W, C), 'labels': int32 (B_device,)}.
-  Returns (new state, {'loss', 'learning_rate', 'accuracy'}), means over
-  the global batch.
-  """
-  features, _ = features_fn(predictor_params, batch['frames'])
-
-  def loss_fn(params):
+  def loss(params, batch, rng, step, frozen=None):
+    del rng, step  # no randomness, no schedule
+    features, _ = features_fn(frozen, batch['frames'])
     logits = classifier.apply({'params': params}, features)
-    return _cross_entropy(logits, batch['labels']), logits
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['labels']).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['labels'])
+    return cross_entropy, {'accuracy': accuracy}
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  grads = jax.lax.pmean(grads, 'batch')
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['labels'])
-  step_metrics = {
-      'loss': jax.lax.pmean(loss, 'batch'),
-      'learning_rate': train.create_learning_rate_schedule(config)(state.step),
-      'accuracy': jax.lax.pmean(accuracy, 'batch'),
-  }
-  return state.replace(step=state.step + 1,
-                       params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state), step_metrics
-
-
-def check_step(state, batch, predictor_params, *, features_fn, classifier):
-  """`train.check_step` for the classifier: {'loss', 'finite'} (in pmap)."""
-  features, _ = features_fn(predictor_params, batch['frames'])
-  logits = classifier.apply({'params': state.params}, features)
-  finite = jnp.all(jnp.stack([
-      jnp.all(jnp.isfinite(x))
-      for x in jax.tree_util.tree_leaves((state.params, state.opt_state))
-      if jnp.issubdtype(x.dtype, jnp.inexact)]))
-  return {'loss': jax.lax.pmean(_cross_entropy(logits, batch['labels']),
-                                'batch'), 'finite': finite}
+  return loss
 
 
 def eval_step(params, predictor_params, frames, labels, valid, *,
@@ -232,29 +209,15 @@ def recognition_task(config, predictor_params=None):
                models.create_model(config))
   features_fn = make_features_fn(config, predictor)
   classifier = create_classifier(config)
-  optimizer = train.create_optimizer(config)
   frames = jax.ShapeDtypeStruct(
       (1, config.data.total_length) + tuple(config.data.image_size) +
       (config.data.channels,), jnp.float32)
   features = jax.eval_shape(features_fn, predictor_params, frames)[0]
-
-  def init(key):
-    init_rng, rng = jax.random.split(key)
-    params = classifier.init(init_rng, jnp.zeros(features.shape))['params']
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                            opt_state=optimizer.init(params), rng=rng)
-
-  state = jax.device_get(jax.jit(init)(jax.random.PRNGKey(config.seed)))
   replicated = (None if predictor_params is None else
                 distributed.replicate(predictor_params))
-  pieces = dict(features_fn=features_fn, classifier=classifier)
-  p_train_step = jax.pmap(
-      functools.partial(train_step, optimizer=optimizer, config=config,
-                        **pieces), axis_name='batch', donate_argnums=(0,))
-  p_check_step = jax.pmap(functools.partial(check_step, **pieces),
-                          axis_name='batch')
-  p_eval_step = jax.pmap(functools.partial(eval_step, config=config,
-                                           **pieces), axis_name='batch')
+  p_eval_step = jax.pmap(functools.partial(
+      eval_step, features_fn=features_fn, classifier=classifier,
+      config=config), axis_name='batch')
   num_classes = config.classifier.num_classes
 
   def train_batches(start_step):
@@ -265,25 +228,27 @@ def recognition_task(config, predictor_params=None):
 
   test_set = data.load_labelled_test_set(config)
 
-  def evaluate_state(state):
+  def evaluate_params(params):
     batches = test_set.batches(config.eval_batch_size)
     if config.num_eval_batches > 0:
       batches = (b for _, b in zip(range(config.num_eval_batches), batches))
-    return evaluate(p_eval_step, state.params, replicated,
+    return evaluate(p_eval_step, params, replicated,
                     check_labels(batches, num_classes, 'Test'),
                     predictor is not None), None
 
   source = (f'the top layer of a frozen {config.model.cell} predictor'
             if predictor is not None else 'the observed frames (baseline)')
   return train.Task(
-      state=state,
-      train_step=lambda state, batch: p_train_step(state, batch, replicated),
-      check_step=lambda state, batch: p_check_step(state, batch, replicated),
-      train_batches=train_batches, evaluate=evaluate_state,
+      init_params=lambda rng: classifier.init(
+          rng, jnp.zeros(features.shape))['params'],
+      loss=recognition_loss(features_fn, classifier),
+      train_batches=train_batches, evaluate=evaluate_params,
       write_evaluation=write_evaluation,
-      description=(f'Classifier: {models.count_params(state.params)} '
-                   f'parameters, {num_classes} classes, on features '
-                   f'{features.shape[1:]} of {source}.'))
+      description=lambda params: (
+          f'Classifier: {models.count_params(params)} parameters, '
+          f'{num_classes} classes, on features {features.shape[1:]} of '
+          f'{source}.'),
+      architecture_fields=ARCHITECTURE_FIELDS, frozen=replicated)
 
 
 def validate_config(config, num_devices, process_count):
@@ -313,7 +278,7 @@ def with_predictor(config, predictor):
   predictor: an export file, or 'none' for the baseline. The run's
   config.model becomes the export's, config.predictor its path and
   config.predictor_sha256 the file's digest (a resumed run must use the same
-  predictor, see checkpoints.ARCHITECTURE_FIELDS).
+  predictor, see ARCHITECTURE_FIELDS).
   """
   config = ml_collections.ConfigDict(config.to_dict())
   config.predictor = predictor
@@ -360,8 +325,11 @@ def evaluate_run(config, workdir, predictor_params=None):
     raise checkpoints.CheckpointError(
         'No checkpoint to evaluate', workdir,
         'train first (the same command without --evaluate_only)')
-  state = checkpoints.restore_or_keep(manager, task.state, config, workdir)
-  result, _ = task.evaluate(distributed.replicate(state))
+  fresh = train.create_train_state(config, task.init_params,
+                                   train.create_optimizer(config))
+  state = checkpoints.restore_or_keep(manager, fresh, config, workdir,
+                                      task.architecture_fields)
+  result, _ = task.evaluate(distributed.replicate(state.params))
   return int(state.step), result
 
 

@@ -39,6 +39,49 @@ def format_duration(seconds):
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
+class Progress:
+  """The rate and time left of a loop's progress lines (training, evaluation).
+
+  Counts items done (steps, batches): `mark(done)` starts measuring at
+  `done`, e.g. again after work that is not the loop's own (an evaluation
+  inside training). A progress line is `due()` PROGRESS_EVERY_SECS after the
+  last `logged()` (or the start).
+  """
+
+  def __init__(self, done=0):
+    self.mark(done)
+    self._logged = self._start
+
+  def mark(self, done):
+    self._done, self._start = done, time.time()
+
+  def elapsed(self):
+    """Seconds since the mark."""
+    return time.time() - self._start
+
+  def rate(self, done):
+    """Items per second since the mark; None before any item or second."""
+    elapsed = self.elapsed()
+    return ((done - self._done) / elapsed if done > self._done and elapsed > 0
+            else None)
+
+  def seconds_left(self, done, total):
+    """Seconds the rest of `total` items take at `rate`; None if unknown."""
+    rate = self.rate(done)
+    return (total - done) / rate if rate and total is not None else None
+
+  def eta(self, done, total):
+    """`seconds_left` as H:MM:SS, or '?'."""
+    left = self.seconds_left(done, total)
+    return '?' if left is None else format_duration(left)
+
+  def due(self):
+    return time.time() - self._logged >= PROGRESS_EVERY_SECS
+
+  def logged(self):
+    self._logged = time.time()
+
+
 def read_losses(workdir):
   """The per-step records of WORKDIR/train_losses.jsonl, in order.
 

@@ -4,9 +4,11 @@
 its dataset, on all local devices (and all hosts after
 `distributed.initialize_from_environment`), resuming from the latest
 checkpoint in `workdir`. The loop itself, `fit(config, workdir, make_task)`,
-trains any `Task` (its state, pmapped steps, batches and evaluation): video
-prediction here (`prediction_task`), early action recognition in
-recognize.py.
+trains any `Task`: the loop owns the optimizer, the train state, the pmapped
+train and check steps and the divergence guard; a task brings its
+parameters' init, its loss, its batches and its evaluation (docs/tasks.md,
+"Adding a task"). Video prediction is `prediction_task` here, early action
+recognition is in recognize.py.
 
 Workdir layout (the run's log, from train_losses.jsonl on, is written by
 `summaries.SummaryWriter`):
@@ -20,8 +22,8 @@ Workdir layout (the run's log, from train_losses.jsonl on, is written by
   events.out.tfevents.*  TensorBoard: train/*, eval/*, samples
 """
 import contextlib
+import errno
 import functools
-import time
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
@@ -35,6 +37,7 @@ import optax
 from stau_jax import checkpoints
 from stau_jax import data
 from stau_jax import distributed
+from stau_jax import errors
 from stau_jax import evaluate
 from stau_jax import metrics
 from stau_jax import models
@@ -43,6 +46,7 @@ from stau_jax import summaries
 
 NUM_SAMPLES = 4  # test sequences drawn as PNG strips and GIFs per evaluation
 FIRST_STEPS_LOGGED = 2  # progress lines also for a run's first steps
+SLOW_RUN_SECS = 24 * 3600  # a longer run says so and names faster options
 
 
 @flax.struct.dataclass
@@ -82,64 +86,58 @@ def create_optimizer(config):
   return optax.adam(create_learning_rate_schedule(config))
 
 
-def create_train_state(config, model, optimizer):
-  """A fresh host train state (numpy arrays) from config.seed."""
+def create_train_state(config, init_params, optimizer):
+  """A fresh host train state (numpy arrays) from config.seed.
+
+  init_params: PRNG key -> the parameters to train (`Task.init_params`).
+  """
 
   def init(key):
-    init_rng, sampling_rng = jax.random.split(key)
-    params = models.init_params(model, config, init_rng)
+    init_rng, rng = jax.random.split(key)
+    params = init_params(init_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), rng=sampling_rng)
+                      opt_state=optimizer.init(params), rng=rng)
 
   return jax.device_get(jax.jit(init)(jax.random.PRNGKey(config.seed)))
 
 
-def train_step(state, frames, *, model, optimizer, config):
+def _task_loss(loss, params, batch, state, frozen):
+  """`Task.loss` of `params` on `batch` at state.step (with `frozen=` when
+  the task has frozen arrays)."""
+  extra = {} if frozen is None else {'frozen': frozen}
+  return loss(params, batch, state.rng, state.step, **extra)
+
+
+def train_step(state, batch, frozen, *, loss, optimizer, schedule):
   """One update on this device's share of the global batch (inside pmap).
 
   Args:
     state: this device's copy of the TrainState.
-    frames: (B_device, T, H, W, C) frames in [0, 1].
-    model: the Predictor (its dtype is the compute dtype).
+    batch: this device's share of a batch of `Task.train_batches`.
+    frozen: `Task.frozen` (this device's copy) or None.
+    loss: `Task.loss`.
     optimizer: from `create_optimizer`.
-    config: experiment config.
+    schedule: its learning rate schedule (`create_learning_rate_schedule`).
 
   Returns:
-    (new state, {'loss', 'learning_rate', 'eta'}): the loss (MSE plus the
-    unit's auxiliary loss, if any) is the mean over the global batch;
-    gradients are averaged over all devices.
+    (new state, {'loss', 'learning_rate', then the loss's metrics}): the
+    loss and metrics are means over all devices, and so are the gradients.
   """
-  loss_fn = functools.partial(_loss, state=state, frames=frames, model=model,
-                              config=config)
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (value, step_metrics), grads = jax.value_and_grad(
+      lambda params: _task_loss(loss, params, batch, state, frozen),
+      has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, 'batch')
-  loss = jax.lax.pmean(loss, 'batch')
+  value, step_metrics = jax.lax.pmean((value, step_metrics), 'batch')
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  step_metrics = {
-      'loss': loss,
-      'learning_rate': create_learning_rate_schedule(config)(state.step),
-      'eta': sampling.sampling_eta(config, state.step),
-  }
+  step_metrics = {'loss': value, 'learning_rate': schedule(state.step),
+                  **step_metrics}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), step_metrics
 
 
-def _loss(params, *, state, frames, model, config):
-  """This device's loss of `params` on `frames` with state.step's sampling
-  mask: the MSE plus the unit's auxiliary loss, if any (PredRNN-v2)."""
-  device_batch = frames.shape[0]
-  mask = sampling.sampling_mask(config, state.rng, state.step,
-                                config.batch_size)
-  mask = jax.lax.dynamic_slice_in_dim(
-      mask, jax.lax.axis_index('batch') * device_batch, device_batch)
-  predictions, auxiliary_loss = models.predict_with_auxiliary_loss(
-      model, params, frames, mask)
-  return jnp.mean(jnp.square(predictions - frames[:, 1:])) + auxiliary_loss
-
-
-def check_step(state, frames, *, model, config):
-  """Whether `state` can be saved (inside pmap): its loss on `frames`.
+def check_step(state, batch, frozen, *, loss):
+  """Whether `state` can be saved (inside pmap): its loss on `batch`.
 
   The loss a train step reports was computed with the parameters before its
   update; this one is computed with the parameters after it, so a checkpoint
@@ -149,27 +147,48 @@ def check_step(state, frames, *, model, config):
     {'loss': the global-batch loss of state.params, 'finite': whether every
     parameter and optimizer array is finite}.
   """
-  loss = _loss(state.params, state=state, frames=frames, model=model,
-               config=config)
+  value, _ = _task_loss(loss, state.params, batch, state, frozen)
   finite = jnp.all(jnp.stack([
       jnp.all(jnp.isfinite(x))
       for x in jax.tree_util.tree_leaves((state.params, state.opt_state))
       if jnp.issubdtype(x.dtype, jnp.inexact)]))
-  return {'loss': jax.lax.pmean(loss, 'batch'), 'finite': finite}
+  return {'loss': jax.lax.pmean(value, 'batch'), 'finite': finite}
 
 
-def make_train_step(model, optimizer, config):
-  """`train_step` jit-compiled and pmapped over devices (axis 'batch')."""
+def make_train_step(loss, optimizer, config):
+  """`train_step` of `loss` jit-compiled and pmapped over devices (axis
+  'batch'): (state, batch, frozen) -> (state, step metrics)."""
   return jax.pmap(
-      functools.partial(train_step, model=model, optimizer=optimizer,
-                        config=config),
+      functools.partial(train_step, loss=loss, optimizer=optimizer,
+                        schedule=create_learning_rate_schedule(config)),
       axis_name='batch', donate_argnums=(0,))
 
 
-def make_check_step(model, config):
-  """`check_step` pmapped over devices (axis 'batch')."""
-  return jax.pmap(functools.partial(check_step, model=model, config=config),
-                  axis_name='batch')
+def make_check_step(loss):
+  """`check_step` of `loss` pmapped over devices (axis 'batch')."""
+  return jax.pmap(functools.partial(check_step, loss=loss), axis_name='batch')
+
+
+def prediction_loss(model, config):
+  """The video predictor's `Task.loss`: (params, frames, rng, step) ->
+  (MSE plus the unit's auxiliary loss, if any (PredRNN-v2), {'eta'}).
+
+  frames: this device's (B_device, T, H, W, C) in [0, 1]. The scheduled
+  sampling mask of `step` is drawn from `rng` for the global batch
+  (config.batch_size) and sliced to this device's rows (inside pmap).
+  """
+
+  def loss(params, frames, rng, step):
+    device_batch = frames.shape[0]
+    mask = sampling.sampling_mask(config, rng, step, config.batch_size)
+    mask = jax.lax.dynamic_slice_in_dim(
+        mask, jax.lax.axis_index('batch') * device_batch, device_batch)
+    predictions, auxiliary_loss = models.predict_with_auxiliary_loss(
+        model, params, frames, mask)
+    mse = jnp.mean(jnp.square(predictions - frames[:, 1:]))
+    return mse + auxiliary_loss, {'eta': sampling.sampling_eta(config, step)}
+
+  return loss
 
 
 def validate_config(config, num_devices, process_count):
@@ -197,32 +216,42 @@ def validate_config(config, num_devices, process_count):
 class Task(NamedTuple):
   """What `fit` trains and how it evaluates it; see `prediction_task`.
 
-  state: fresh host TrainState (the restore target).
-  train_step: pmapped (state, batch) -> (state, step metrics): 'loss' and
-    'learning_rate', then any other scalars (logged as `name value`).
-  check_step: pmapped (state, batch) -> {'loss', 'finite'}, the loss and
-    finiteness of the state after an update (see `check_step`).
-  train_batches: start_step -> endless iterator of device batches.
-  evaluate: replicated state -> (result, samples); every host calls it.
+  The loop owns the optimizer (`create_optimizer`), the TrainState, the
+  pmapped train and check steps and the divergence guard; a task brings:
+
+  init_params: PRNG key -> the parameters to train (traced under jit).
+  loss: (params, batch, rng, step) -> (loss, metrics), run inside the loop's
+    pmap (axis 'batch') on this device's share of a batch: the scalar to
+    minimize and a dict of scalars logged beside it (`name value`); the loop
+    averages both and the gradients over devices. rng: the run's PRNG key
+    (the same every step: fold in `step`); step: updates done so far.
+  train_batches: start_step -> endless iterator of device batches (leading
+    axis: local devices).
+  evaluate: replicated params -> (result, samples); every host calls it.
   write_evaluation: (writer, step, result, samples): logs and writes one
     evaluation with the `summaries.SummaryWriter`; every host calls it.
-  description: one line logged at the start (model and parameter count).
+  description: host params -> one line logged at the start (the model and
+    its parameter count).
+  architecture_fields: config fields a resumed run must share with the run
+    that wrote the checkpoints (`checkpoints.check_compatible`).
+  frozen: None, or arrays replicated over the local devices
+    (`distributed.replicate`) that the loss reads but never trains, e.g. a
+    frozen network's parameters; the loss then gets them as `frozen=`.
   """
-  state: TrainState
-  train_step: Callable
-  check_step: Callable
+  init_params: Callable
+  loss: Callable
   train_batches: Callable
   evaluate: Callable
   write_evaluation: Callable
-  description: str
+  description: Callable
+  architecture_fields: tuple[str, ...] = checkpoints.ARCHITECTURE_FIELDS
+  frozen: Any = None
 
 
 def prediction_task(config):
   """The video predictor of `config`, trained and evaluated on its frames."""
   compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   model = models.create_model(config, dtype=compute_dtype)
-  optimizer = create_optimizer(config)
-  state = create_train_state(config, model, optimizer)
   eval_step = evaluate.make_eval_step(models.create_model(config), config)
   test_set = data.load_test_set(config)
 
@@ -231,11 +260,10 @@ def prediction_task(config):
         config, num_devices=jax.local_device_count(), start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count())
 
-  def evaluate_state(state):
+  def evaluate_params(params):
     digest = data.new_digest()
     result, samples = evaluate.evaluate(
-        eval_step, state.params,
-        test_set.batches(config.eval_batch_size, digest),
+        eval_step, params, test_set.batches(config.eval_batch_size, digest),
         config.num_eval_batches, NUM_SAMPLES, evaluate.expected_test_size(
             test_set.size, config.eval_batch_size, config.num_eval_batches))
     return {**result, 'test_set': data.test_set_identity(
@@ -249,13 +277,12 @@ def prediction_task(config):
                            config.data.input_length)
 
   return Task(
-      state=state, train_step=make_train_step(model, optimizer, config),
-      check_step=make_check_step(model, config), train_batches=train_batches,
-      evaluate=evaluate_state,
-      write_evaluation=write_evaluation,
-      description=(f'Model: {config.model.cell} cell, '
-                   f'{models.count_params(state.params)} parameters; '
-                   f'{compute_dtype.__name__} compute.'))
+      init_params=functools.partial(models.init_params, model, config),
+      loss=prediction_loss(model, config), train_batches=train_batches,
+      evaluate=evaluate_params, write_evaluation=write_evaluation,
+      description=lambda params: (
+          f'Model: {config.model.cell} cell, {models.count_params(params)} '
+          f'parameters; {compute_dtype.__name__} compute.'))
 
 
 def train_and_evaluate(config, workdir):
@@ -277,6 +304,8 @@ def train_and_evaluate(config, workdir):
     checkpoints.WorkdirBusyError: another process trains in the workdir.
     FloatingPointError: the loss became NaN or inf (the last good checkpoint
       is kept).
+    errors.TrainingStopped: Ctrl-C (or SIGTERM, via cli.run) or a full
+      disk stopped the run; the message names the checkpoint to resume from.
   """
   validate_config(config, jax.local_device_count(), jax.process_count())
   return fit(config, workdir, functools.partial(prediction_task, config))
@@ -298,108 +327,199 @@ def fit(config, workdir, make_task):
     return _fit(config, workdir, make_task())
 
 
+def _kept(workdir, step):
+  """Which checkpoint a stopped run resumes from, as a clause."""
+  return (f'the last good checkpoint (step {step}) is kept in {workdir}'
+          if step is not None else
+          f'no checkpoint had been written to {workdir}')
+
+
 def _diverged(what, workdir, last_good_step):
   """The FloatingPointError of a run whose loss or parameters became NaN."""
-  kept = (f'the last good checkpoint (step {last_good_step}) is kept in '
-          f'{workdir}' if last_good_step is not None else
-          f'no checkpoint had been written to {workdir}')
-  return FloatingPointError(f'{what}; {kept}. Lower config.learning_rate or '
-                            f'check the data.')
+  return FloatingPointError(f'{what}; {_kept(workdir, last_good_step)}. '
+                            'Lower config.learning_rate or check the data.')
 
 
-def _fit(config, workdir, task):
-  """`fit` holding the lock."""
-  num_devices = jax.local_device_count()
-  process_index, process_count = jax.process_index(), jax.process_count()
-  logging.info('Training on %d devices (%d local) in %d process(es); '
-               'workdir %s.', jax.device_count(), num_devices, process_count,
-               workdir)
+def _check_losses(records, workdir, last_good_step):
+  """Raises `_diverged` at the first step record whose loss is not finite."""
+  for record in records:
+    if not np.isfinite(record['loss']):
+      raise _diverged(f'Loss is {record["loss"]} at step {record["step"]}',
+                      workdir, last_good_step)
 
-  manager = checkpoints.create_manager(workdir, config)
-  state = checkpoints.restore_or_keep(manager, task.state, config, workdir)
-  initial_step = int(state.step)
-  if initial_step:
-    logging.info('Resuming from the checkpoint of step %d.', initial_step)
+
+def _check_state(check, step, workdir, last_good_step):
+  """Raises `_diverged` unless the `check_step` result `check` is finite."""
+  finite, loss = check['finite'][0], check['loss'][0]
+  if not (finite and np.isfinite(loss)):
+    what = 'NaN or inf' if not finite else f'a loss of {loss}'
+    raise _diverged(f'The parameters after step {step} give {what}', workdir,
+                    last_good_step)
+
+
+def _start(config, workdir, task, manager, optimizer):
+  """The host state to train from: the workdir's last checkpoint (logging
+  what changed since) or, for a new run, a fresh one (config.json written)."""
+  fresh = create_train_state(config, task.init_params, optimizer)
+  state = checkpoints.restore_or_keep(manager, fresh, config, workdir,
+                                      task.architecture_fields)
+  if int(state.step):
+    logging.info('Resuming from the checkpoint of step %d.', int(state.step))
     for name, started, current in checkpoints.changed_fields(
         checkpoints.read_config(workdir), config):
       logging.info('Resuming with config.%s = %s (the run started with %s).',
                    name, current, started)
-  elif process_index == 0:
+  elif jax.process_index() == 0:
     checkpoints.write_config(workdir, config)
+  return state
+
+
+def _log_progress(writer, config, step, records, progress, first_step_secs):
+  """One progress line (mean loss since the last one, rate, ETA) and its
+  TensorBoard scalars. The line after the first step of a process reports
+  how long compiling and running it took instead of a rate."""
+  loss = np.mean([r['loss'] for r in records])
+  learning_rate = records[-1]['learning_rate']
+  others = {k: v for k, v in records[-1].items()
+            if k not in ('step', 'loss', 'learning_rate')}
+  rate = progress.rate(step)
+  speed = (f'compiled and ran the first step in {first_step_secs:.1f} s'
+           if rate is None else f'{rate:.2f} steps/s | ETA '
+           f'{progress.eta(step, config.num_train_steps)}')
+  logging.info('step %d/%d | loss %.5f | lr %.3g | %s%s', step,
+               config.num_train_steps, loss, learning_rate,
+               ''.join(f'{k} {v:.3f} | ' for k, v in others.items()), speed)
+  scalars = {'train/loss': loss, 'train/learning_rate': learning_rate,
+             **{f'train/{k}': v for k, v in others.items()}}
+  if rate is not None:
+    scalars['train/steps_per_sec'] = rate
+  writer.scalars(scalars, step)
+  writer.flush()
+  progress.logged()
+
+
+def _warn_if_slow(config, step, progress):
+  """Says so, once, when the rest of the run would take more than a day at
+  the rate measured so far, and names the faster options. Returns whether
+  it had a rate to judge by."""
+  left = progress.seconds_left(step, config.num_train_steps)
+  if left is None:
+    return False
+  if left > SLOW_RUN_SECS:
+    logging.warning(
+        'At %.3g steps/s the remaining %d steps take %.1f days. For a quick '
+        'run use configs/tiny.py on a CPU (seconds); for the paper\'s runs '
+        'use a GPU (launch/gpu_single.sh, docs/speed.md).',
+        progress.rate(step), config.num_train_steps - step, left / 86400)
+  return True
+
+
+def _due(config, step, initial_step, progress):
+  """(log, evaluate, checkpoint): what is due after update `step`; all three
+  after the last one, a progress line also after a run's first steps and
+  PROGRESS_EVERY_SECS after the last line."""
+  is_last = step == config.num_train_steps
+  log_now = (step % config.log_every_steps == 0 or is_last or
+             step <= initial_step + FIRST_STEPS_LOGGED or progress.due())
+  return (log_now, step % config.eval_every_steps == 0 or is_last,
+          step % config.checkpoint_every_steps == 0 or is_last)
+
+
+def _fetch(pending):
+  """[{'step', 'loss', 'learning_rate', ...}] of the (step, device metrics)
+  pairs `pending`, fetched to the host (device 0's copy)."""
+  return [{'step': s, **{k: float(v[0]) for k, v in m.items()}}
+          for s, m in jax.device_get(pending)]
+
+
+def _full_disk(error):
+  """Whether `error`, or an error it was raised from, is a full disk."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC,
+                                                      errno.EDQUOT):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _stopped(what, workdir, config, manager):
+  """The TrainingStopped of a run stopped from outside, once the checkpoint
+  being written (if any) is whole; it names the one to resume from."""
+  try:
+    manager.wait_until_finished()
+  except OSError:  # a save the full disk broke stays unfinished: not listed
+    pass
+  last = checkpoints.create_manager(workdir, config,
+                                    read_only=True).latest_step()
+  return errors.TrainingStopped(
+      what, None, f'{_kept(workdir, last)}; run the same command to resume')
+
+
+def _fit(config, workdir, task):
+  """`fit` holding the lock: restore, then train, evaluate and checkpoint."""
+  logging.info('Training on %d devices (%d local) in %d process(es); '
+               'workdir %s.', jax.device_count(), jax.local_device_count(),
+               jax.process_count(), workdir)
+  manager = checkpoints.create_manager(workdir, config)
+  optimizer = create_optimizer(config)
+  state = _start(config, workdir, task, manager, optimizer)
+  initial_step = int(state.step)
   writer = summaries.create_default_writer(workdir)
   writer.truncate_losses(initial_step)
-  logging.info('%s', task.description)
+  logging.info('%s', task.description(state.params))
 
+  train_step = make_train_step(task.loss, optimizer, config)
+  check_step = make_check_step(task.loss)
   train_iter = task.train_batches(initial_step)
   state = distributed.replicate(state)
-
+  progress = summaries.Progress(initial_step)
+  judged_speed = False
+  first_step_secs = None
   pending = []  # (step, device metrics) not yet fetched to the host
   last_good_step = manager.latest_step()
-  timer_step, timer_start = initial_step, time.time()
-  last_progress = timer_start
-  for step in range(initial_step + 1, config.num_train_steps + 1):
-    batch = next(train_iter)
-    state, step_metrics = task.train_step(state, batch)
-    pending.append((step, step_metrics))
-    if step == initial_step + 1:
-      jax.block_until_ready(step_metrics)
-      logging.info('Compiled and ran the first step in %.1f s.',
-                   time.time() - timer_start)
-      timer_step, timer_start = step, time.time()
-    is_last = step == config.num_train_steps
-    log_now = (step % config.log_every_steps == 0 or is_last or
-               step <= initial_step + FIRST_STEPS_LOGGED or
-               time.time() - last_progress >= summaries.PROGRESS_EVERY_SECS)
-    eval_now = step % config.eval_every_steps == 0 or is_last
-    checkpoint_now = step % config.checkpoint_every_steps == 0 or is_last
-    if not (log_now or eval_now or checkpoint_now):
-      continue
+  step = initial_step
+  try:
+    for step in range(initial_step + 1, config.num_train_steps + 1):
+      batch = next(train_iter)
+      state, step_metrics = train_step(state, batch, task.frozen)
+      pending.append((step, step_metrics))
+      if step == initial_step + 1:
+        jax.block_until_ready(step_metrics)
+        first_step_secs = progress.elapsed()
+        progress.mark(step)
+      log_now, eval_now, checkpoint_now = _due(config, step, initial_step,
+                                               progress)
+      if not (log_now or eval_now or checkpoint_now):
+        continue
 
-    records = [{'step': s, **{k: float(v[0]) for k, v in m.items()}}
-               for s, m in jax.device_get(pending)]
-    pending = []
-    for record in records:
-      if not np.isfinite(record['loss']):
-        manager.wait_until_finished()
-        raise _diverged(f'Loss is {record["loss"]} at step {record["step"]}',
-                        workdir, last_good_step)
-    if eval_now or checkpoint_now:
-      check = jax.device_get(task.check_step(state, batch))
-      if not (check['finite'][0] and np.isfinite(check['loss'][0])):
-        manager.wait_until_finished()
-        what = ('NaN or inf' if not check['finite'][0] else
-                f'a loss of {check["loss"][0]}')
-        raise _diverged(f'The parameters after step {step} give {what}',
-                        workdir, last_good_step)
-    writer.write_losses(records)
-    if log_now:
-      last_progress = time.time()
-      steps_per_sec = ((step - timer_step) / (time.time() - timer_start)
-                       if step > timer_step else float('nan'))
-      remaining = (summaries.format_duration((config.num_train_steps - step) /
-                                    steps_per_sec)
-                   if steps_per_sec > 0 else '?')
-      loss = np.mean([r['loss'] for r in records])
-      others = {k: v for k, v in records[-1].items()
-                if k not in ('step', 'loss', 'learning_rate')}
-      logging.info('step %d/%d | loss %.5f | lr %.3g | %s%.2f steps/s | ETA '
-                   '%s', step, config.num_train_steps, loss,
-                   records[-1]['learning_rate'],
-                   ''.join(f'{k} {v:.3f} | ' for k, v in others.items()),
-                   steps_per_sec, remaining)
-      writer.scalars({'train/loss': loss,
-                      'train/learning_rate': records[-1]['learning_rate'],
-                      **{f'train/{k}': v for k, v in others.items()},
-                      'train/steps_per_sec': steps_per_sec}, step)
-      writer.flush()
-    if eval_now:
-      result, samples = task.evaluate(state)
-      task.write_evaluation(writer, step, result, samples)
-    if checkpoint_now:
-      checkpoints.save(manager, jax_utils.unreplicate(state))
-      last_good_step = step
-    timer_step, timer_start = step, time.time()
-
-  manager.wait_until_finished()
+      records, pending = _fetch(pending), []
+      _check_losses(records, workdir, last_good_step)
+      if eval_now or checkpoint_now:
+        _check_state(jax.device_get(check_step(state, batch, task.frozen)),
+                     step, workdir, last_good_step)
+      writer.write_losses(records)
+      if log_now:
+        _log_progress(writer, config, step, records, progress,
+                      first_step_secs)
+        judged_speed = judged_speed or _warn_if_slow(config, step, progress)
+      if eval_now:
+        result, samples = task.evaluate(state.params)
+        task.write_evaluation(writer, step, result, samples)
+      if checkpoint_now:
+        checkpoints.save(manager, jax_utils.unreplicate(state))
+        last_good_step = step
+      progress.mark(step)
+    manager.wait_until_finished()
+  except FloatingPointError:
+    manager.wait_until_finished()
+    raise
+  except KeyboardInterrupt:
+    raise _stopped(f'Training interrupted at step {step}', workdir, config,
+                   manager) from None
+  except Exception as e:  # orbax and the writers wrap a full disk variously
+    if not _full_disk(e):
+      raise
+    raise _stopped(f'The disk is full: training stopped at step {step}',
+                   workdir, config, manager) from e
   writer.close()
   return jax.device_get(jax_utils.unreplicate(state))

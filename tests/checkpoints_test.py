@@ -70,18 +70,6 @@ def test_a_saved_config_without_a_field_is_refused_not_crashed():
     checkpoints.check_compatible(saved, tiny.get_config(), 'runs/x')
 
 
-def test_a_run_from_before_the_unit_fields_still_resumes():
-  saved = tiny.get_config()
-  for name in ('frontend', 'layer_norm', 'decouple_beta'):
-    del saved.model[name]
-  checkpoints.check_compatible(saved, tiny.get_config(), 'runs/x')
-  current = tiny.get_config()
-  current.model.layer_norm = True
-  with pytest.raises(checkpoints.CheckpointError,
-                     match='config.model.layer_norm = False'):
-    checkpoints.check_compatible(saved, current, 'runs/x')
-
-
 @pytest.mark.parametrize('group, name, value, message', [
     ('model', 'num_hidden', 16, r'config.model.num_hidden = 8, but the '
      r'current config has 16'),

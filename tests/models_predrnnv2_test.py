@@ -69,10 +69,12 @@ def test_a_training_step_adds_the_decoupling_loss_and_moves_every_parameter():
   config.reverse_scheduled_sampling = True
   model = models.create_model(config)
   optimizer = train.create_optimizer(config)
-  initial = train.create_train_state(config, model, optimizer)
+  initial = train.create_train_state(
+      config, lambda rng: models.init_params(model, config, rng), optimizer)
   frames = next(data.create_train_iterator(config, num_devices=1))
-  step = train.make_train_step(model, optimizer, config)
-  state, step_metrics = step(distributed.replicate(initial), frames)
+  step = train.make_train_step(train.prediction_loss(model, config),
+                               optimizer, config)
+  state, step_metrics = step(distributed.replicate(initial), frames, None)
   # The step's loss is the MSE plus the weighted decoupling loss.
   mask = sampling.sampling_mask(config, initial.rng, 0, config.batch_size)
   predictions, decoupling = models.predict_with_auxiliary_loss(
@@ -89,5 +91,5 @@ def test_a_training_step_adds_the_decoupling_loss_and_moves_every_parameter():
     assert np.all(np.isfinite(after)), path
     assert np.abs(after - before).max() > 0, path
   for _ in range(2):
-    state, step_metrics = step(state, frames)
+    state, step_metrics = step(state, frames, None)
     assert np.isfinite(step_metrics['loss'][0])

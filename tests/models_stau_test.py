@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import tiny
 from stau_jax import models
 from stau_jax.models import stau as cell_lib
 from tests import perturb
@@ -127,3 +128,28 @@ def test_mau_sows_no_spatial_attention():
   _, state = module.apply({'params': params}, **inputs,
                           mutable=['intermediates'])
   assert set(state['intermediates']) == {'alpha', 'F_T', 'U_T', 'U_S'}
+
+
+@pytest.mark.parametrize('name, value, message', [
+    ('tau', 0, 'config.model.tau must be a positive integer for the STAU '
+     'units; got 0'),
+    ('theta', 2.5, 'config.model.theta must be a positive integer'),
+    ('residual', None, 'config.model.residual must be True or False'),
+])
+def test_stau_checks_its_own_fields(name, value, message):
+  config = tiny.get_config()
+  del config.model[name]  # a value of another type
+  config.model[name] = value
+  with pytest.raises(ValueError, match=message):
+    models.validate_model_config(config)
+
+
+def test_other_units_need_no_stau_fields():
+  config = tiny.get_config()
+  for name in ('tau', 'theta', 'residual'):
+    del config.model[name]
+  config.model.cell = 'convlstm'
+  models.validate_model_config(config)
+  config.model.cell = 'stau'
+  with pytest.raises(ValueError, match='config.model.tau must be'):
+    models.validate_model_config(config)

@@ -104,3 +104,21 @@ def test_writers_of_other_processes_write_nothing(tmp_path, monkeypatch,
   assert not os.path.exists(tmp_path / 'run')
   monkeypatch.setattr(jax, 'process_index', lambda: 0)
   assert not summaries.create_default_writer(str(tmp_path)).just_logging
+
+
+def test_progress_rate_and_time_left(monkeypatch):
+  clock = [100.0]
+  monkeypatch.setattr(summaries.time, 'time', lambda: clock[0])
+  monkeypatch.setattr(summaries, 'PROGRESS_EVERY_SECS', 30)
+  progress = summaries.Progress(10)
+  assert progress.rate(10) is None and progress.eta(10, 100) == '?'
+  clock[0] += 20
+  assert progress.rate(30) == 1.0 and progress.elapsed() == 20
+  assert progress.seconds_left(30, 100) == 70
+  assert progress.eta(30, 3630) == '1:00:00'
+  assert progress.eta(30, None) == '?' and not progress.due()
+  clock[0] += 10
+  assert progress.due()
+  progress.logged()
+  progress.mark(40)
+  assert not progress.due() and progress.rate(40) is None

@@ -1,8 +1,10 @@
 """Tests of the training loop on configs/tiny.py: schedule, outputs, resume,
 errors, half precision, several devices, and a SIGKILL in the middle."""
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import struct
@@ -20,7 +22,9 @@ from configs import mmnist
 from stau_jax import checkpoints
 from stau_jax import data
 from stau_jax import distributed
+from stau_jax import errors
 from stau_jax import models
+from stau_jax import outputs
 from stau_jax import sampling
 from stau_jax import summaries
 from stau_jax import train
@@ -214,17 +218,23 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
 
 
+def _train_step(config, model):
+  """(replicated fresh state, pmapped train step) of the prediction loss."""
+  optimizer = train.create_optimizer(config)
+  state = train.create_train_state(
+      config, lambda rng: models.init_params(model, config, rng), optimizer)
+  return (distributed.replicate(state), train.make_train_step(
+      train.prediction_loss(model, config), optimizer, config))
+
+
 def test_half_precision_trains_in_bfloat16_with_float32_params():
   config = _config(half_precision=True)
   model = models.create_model(config, dtype=jnp.bfloat16)
-  optimizer = train.create_optimizer(config)
-  state = distributed.replicate(
-      train.create_train_state(config, model, optimizer))
-  step = train.make_train_step(model, optimizer, config)
+  state, step = _train_step(config, model)
   batches = data.create_train_iterator(config, num_devices=1)
   losses = []
   for _ in range(3):
-    state, step_metrics = step(state, next(batches))
+    state, step_metrics = step(state, next(batches), None)
     losses.append(float(step_metrics['loss'][0]))
   assert np.all(np.isfinite(losses))
   assert {x.dtype for x in jax.tree_util.tree_leaves(state.params)} == {
@@ -233,13 +243,9 @@ def test_half_precision_trains_in_bfloat16_with_float32_params():
 
 def test_reverse_scheduled_sampling_trains():
   config = _config(reverse_scheduled_sampling=True)
-  model = models.create_model(config)
-  optimizer = train.create_optimizer(config)
-  state = distributed.replicate(
-      train.create_train_state(config, model, optimizer))
-  step = train.make_train_step(model, optimizer, config)
+  state, step = _train_step(config, models.create_model(config))
   state, step_metrics = step(state, next(
-      data.create_train_iterator(config, num_devices=1)))
+      data.create_train_iterator(config, num_devices=1)), None)
   assert np.isfinite(float(step_metrics['loss'][0]))
   assert float(step_metrics['eta'][0]) == 0.5
 
@@ -386,3 +392,120 @@ def test_progress_every_interval_with_eta_in_training_and_evaluation(
   for index in (1, 2):
     assert f'Evaluating: {index}/3 batches of 8' in caplog.text
   assert 'batches/s | ETA 0:00:0' in caplog.text
+
+
+def _stopping_iterator(monkeypatch, stop_index, error):
+  """Makes the training batches raise `error` when update stop_index + 1
+  asks for its batch."""
+  create_train_iterator = data.create_train_iterator
+
+  def stopping(config, *, start_step=0, **kwargs):
+    batches = create_train_iterator(config, start_step=start_step, **kwargs)
+    for index, batch in enumerate(batches, start_step):
+      if index == stop_index:
+        raise error
+      yield batch
+
+  monkeypatch.setattr(data, 'create_train_iterator', stopping)
+
+
+def test_ctrl_c_names_the_step_and_the_checkpoint_to_resume_from(
+    tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  config = _config(checkpoint_every_steps=4, log_every_steps=4)
+  _stopping_iterator(monkeypatch, 9, KeyboardInterrupt())
+  with pytest.raises(errors.TrainingStopped,
+                     match=r'^Training interrupted at step 10: the last good '
+                     r'checkpoint \(step 8\) is kept in .*; run the same '
+                     r'command to resume$'):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+  assert not os.path.exists(os.path.join(workdir, checkpoints.LOCK_FILE))
+  monkeypatch.undo()
+  assert int(train.train_and_evaluate(config, workdir).step) == STEPS
+
+
+@pytest.mark.parametrize('where', ['checkpoint', 'losses'])
+def test_full_disk_names_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                  where):
+  workdir = str(tmp_path)
+  config = _config(checkpoint_every_steps=4, log_every_steps=4)
+  full = OSError(errno.ENOSPC, 'No space left on device')
+  if where == 'checkpoint':
+    save = checkpoints.save
+
+    def save_until_full(manager, state):
+      if int(state.step) == 8:
+        raise full
+      save(manager, state)
+    monkeypatch.setattr(checkpoints, 'save', save_until_full)
+  else:
+    write_losses = summaries.SummaryWriter.write_losses
+
+    def write_until_full(self, records):
+      if records[-1]['step'] == 8:
+        raise outputs.OutputError('The disk is full') from full
+      write_losses(self, records)
+    monkeypatch.setattr(summaries.SummaryWriter, 'write_losses',
+                        write_until_full)
+  with pytest.raises(errors.TrainingStopped,
+                     match=r'^The disk is full: training stopped at step 8: '
+                     r'the last good checkpoint \(step 4\) is kept in '):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4']
+
+
+def test_first_lines_report_compile_time_and_a_run_of_more_than_a_day(
+    tmp_path, caplog, monkeypatch):
+  caplog.set_level(logging.INFO)
+  monkeypatch.setattr(train, 'SLOW_RUN_SECS', 0)  # every run is "slow"
+  train.train_and_evaluate(_config(num_train_steps=3, log_every_steps=1),
+                           str(tmp_path))
+  assert re.search(r'step 1/3 \| loss [\d.]+ \| lr 0.001 \| eta [\d.]+ \| '
+                   r'compiled and ran the first step in [\d.]+ s\n',
+                   caplog.text)
+  assert 'nan' not in caplog.text
+  slow = [r.getMessage() for r in caplog.records
+          if 'days' in r.getMessage()]
+  assert len(slow) == 1 and re.match(
+      r'At [\d.e+-]+ steps/s the remaining 1 steps take [\d.]+ days\. For a '
+      r'quick run use configs/tiny.py on a CPU .*launch/gpu_single.sh',
+      slow[0])
+
+
+def test_any_task_trains_with_the_loop(tmp_path):
+  """A task that is no video model: linear regression to known weights."""
+  true_weights = np.asarray([1.0, -2.0, 0.5], np.float32)
+
+  def batches(start_step):
+    rng = np.random.default_rng(start_step)
+    while True:
+      x = rng.normal(size=(1, 32, 3)).astype(np.float32)
+      yield {'x': x, 'y': x @ true_weights}
+
+  def loss(params, batch, rng, step):
+    del rng, step
+    error = batch['x'] @ params['w'] - batch['y']
+    return jnp.mean(error**2), {'max_error': jnp.max(jnp.abs(error))}
+
+  def evaluate_params(params):
+    return {'distance': float(np.linalg.norm(params['w'][0] -
+                                             true_weights))}, None
+
+  evaluations = []
+  task = train.Task(
+      init_params=lambda rng: {'w': jnp.zeros(3)}, loss=loss,
+      train_batches=batches, evaluate=evaluate_params,
+      write_evaluation=lambda writer, step, result, samples: (
+          evaluations.append((step, result))),
+      description=lambda params: 'linear regression', architecture_fields=())
+  config = _config(num_train_steps=300, learning_rate=0.05,
+                   lr_decay_start_step=1000, eval_every_steps=150,
+                   checkpoint_every_steps=300, log_every_steps=100)
+  state = train.fit(config, str(tmp_path), lambda: task)
+  np.testing.assert_allclose(state.params['w'], true_weights, atol=1e-3)
+  assert [step for step, _ in evaluations] == [150, 300]
+  assert evaluations[-1][1]['distance'] < 1e-3
+  records = summaries.read_losses(str(tmp_path))
+  assert [r['step'] for r in records] == list(range(1, 301))
+  assert set(records[0]) == {'step', 'loss', 'learning_rate', 'max_error'}

@@ -1,7 +1,7 @@
 """Video prediction models: the predictor, its front-ends and its units."""
-from stau_jax.models.predictor import (MODEL_DEFAULTS, Predictor, conv_factory,
+from stau_jax.models.predictor import (Predictor, conv_factory,
                                        count_params,
-                                       create_model, init_params, model_fields,
+                                       create_model, init_params,
                                        norm_factory, param_shapes,
                                        patch_frames,
                                        predict_with_auxiliary_loss,

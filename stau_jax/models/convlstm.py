@@ -48,8 +48,8 @@ class ConvLSTMLayer(unit.BiasFreeConvModule):
     return hidden, flow, (hidden, cell)
 
 
-def layer_groups(model, frontend, conv, norm):
+def layer_groups(model, conv, norm):
   """ConvLSTM's layers for `config.model`."""
   layer = functools.partial(ConvLSTMLayer, model.num_hidden, model.filter_size,
                             model.layer_norm, conv, norm)
-  return unit.split_bottom(layer, model.num_layers, frontend)
+  return unit.split_bottom(layer, model)

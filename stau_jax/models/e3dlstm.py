@@ -209,11 +209,11 @@ class E3DLSTMLayer(unit.BiasFreeConvModule):
     return flatten_window(hidden), flow, state
 
 
-def layer_groups(model, frontend, conv, norm):
+def layer_groups(model, conv, norm):
   """E3D-LSTM's layers for `config.model`: the bottom one windows its inputs."""
   layer = functools.partial(E3DLSTMLayer, model.num_hidden, model.filter_size,
                             model.layer_norm, conv, norm)
-  return unit.split_bottom(layer, model.num_layers, frontend,
+  return unit.split_bottom(layer, model,
                            bottom=functools.partial(layer, bottom=True))
 
 

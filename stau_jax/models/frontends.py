@@ -115,16 +115,16 @@ class PatchDecoder(nn.Module):
                      name='readout')(top)
 
 
-def build(model, frontend, frame_channels, conv, conv_transpose):
+def build(model, frame_channels, conv, conv_transpose):
   """(encoder, decoder, channels the bottom layer receives) for config.model.
 
   Args:
-    model: config.model (its `num_hidden`, `num_downsample`, `recall`).
-    frontend: one of FRONTENDS.
+    model: config.model (its `frontend`, one of FRONTENDS, `num_hidden`,
+      `num_downsample`, `recall`).
     frame_channels: channels of a patched frame, p*p*c.
     conv, conv_transpose: the predictor's convolution factories.
   """
-  if frontend == 'patch':
+  if model.frontend == 'patch':
     return (PatchEncoder,
             functools.partial(PatchDecoder, frame_channels, conv),
             frame_channels)

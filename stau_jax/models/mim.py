@@ -161,10 +161,9 @@ def torch_key(path, layer):
   return prefix + unit.torch_key(path, layer).removeprefix('cell_list')
 
 
-def layer_groups(model, frontend, conv, norm):
+def layer_groups(model, conv, norm):
   """MIM's layers for `config.model`: an ST-LSTM, then MIM layers."""
   args = (model.num_hidden, model.filter_size, model.layer_norm,
           conv, norm)
-  return unit.split_bottom(functools.partial(MIMLayer, *args),
-                           model.num_layers, frontend,
+  return unit.split_bottom(functools.partial(MIMLayer, *args), model,
                            bottom=functools.partial(STLSTMLayer, *args))

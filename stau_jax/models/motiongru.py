@@ -213,9 +213,8 @@ class MotionRNNLayer(unit.BiasFreeConvModule):
     return hidden, (memory, highway), (hidden, cell, offsets, mean)
 
 
-def layer_groups(model, frontend, conv, norm):
+def layer_groups(model, conv, norm):
   """MotionRNN's layers for `config.model`: bottom, middle and top groups."""
-  del frontend
   if model.num_layers < 2:
     raise ValueError(f'motiongru puts MotionGRU blocks between layers: it '
                      f'needs config.model.num_layers >= 2; got '

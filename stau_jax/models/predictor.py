@@ -24,7 +24,6 @@ import flax.linen as nn
 import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from stau_jax import ops
@@ -34,11 +33,6 @@ from stau_jax.models import registry
 from stau_jax.models import unit
 
 
-# config.model fields added after the first export files were written: older
-# configs (and run directories) get these values.
-MODEL_DEFAULTS = {'frontend': 'stau', 'layer_norm': False,
-                  'decouple_beta': 0.1, 'conv_impl': 'auto',
-                  'layer_loop': 'auto', 'remat': 'auto'}
 LAYER_LOOPS = ('auto', 'scan', 'unrolled')
 REMATS = ('auto', 'none', 'cells')
 # Name of every convolution output, for rematerialization policies.
@@ -334,19 +328,15 @@ def check_frame_shape(shape, patch_size, num_downsample, input_length):
                      f'{input_length}: need at least input_length + 1.')
 
 
-def model_fields(config):
-  """A copy of config.model with MODEL_DEFAULTS for the fields it lacks."""
-  model = ml_collections.ConfigDict(MODEL_DEFAULTS)
-  model.update(config.model)
-  return model
-
-
 def validate_model_config(config):
-  """Raises ValueError naming the first bad `config.model`/`config.data` value."""
-  model, data = model_fields(config), config.data
+  """Raises ValueError naming the first bad `config.model`/`config.data` value.
+
+  Checks the fields every unit reads here; the unit checks its own when its
+  layers are built (`create_model`, unit.py).
+  """
+  model, data = config.model, config.data
   registry.get(model.cell)
-  for name in ('num_layers', 'num_hidden', 'tau', 'theta', 'patch_size',
-               'filter_size'):
+  for name in ('num_layers', 'num_hidden', 'patch_size', 'filter_size'):
     value = model[name]
     if not isinstance(value, int) or value < 1:
       raise ValueError(f'config.model.{name} must be a positive integer; '
@@ -378,28 +368,26 @@ def validate_model_config(config):
         f'total_length={data.total_length}.')
   shapes.check_frame_size('config.data.image_size', *data.image_size,
                           model.patch_size, model.num_downsample)
-  create_model(config)  # the unit's own checks (e.g. PredRNN++'s 2 layers)
+  create_model(config)  # the unit's own checks (STAU's tau, PredRNN++'s 2 layers)
 
 
 def create_model(config, dtype=jnp.float32):
   """Builds the `Predictor` that `config` describes.
 
   The config is trusted: the entry points (train.validate_config, loading an
-  export, the CLIs) validate it once with `validate_model_config`. Fields
-  config.model lacks take MODEL_DEFAULTS (configs and export files written
-  before those fields existed).
+  export, the CLIs) validate it once with `validate_model_config`; configs
+  read from files are upgraded first (upgrade.py).
   """
-  model = model_fields(config)
+  model = config.model
   conv_impl = model.conv_impl
   conv = conv_factory(dtype, conv_impl)
   conv_transpose = functools.partial(frontends.ConvTranspose, dtype=dtype,
                                      conv_impl=conv_impl)
-  frontend = model.frontend
   frame_channels = model.patch_size**2 * config.data.channels
   encoder, decoder, in_features = frontends.build(
-      model, frontend, frame_channels, conv, conv_transpose)
+      model, frame_channels, conv, conv_transpose)
   entry = registry.get(model.cell)
-  groups = entry.layer_groups(model, frontend, conv, norm_factory(dtype))
+  groups = entry.layer_groups(model, conv, norm_factory(dtype))
   auxiliary_loss = (entry.auxiliary_loss(model, conv)
                     if entry.auxiliary_loss else None)
   return Predictor(

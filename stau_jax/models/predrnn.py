@@ -84,8 +84,8 @@ class PredRNNLayer(unit.BiasFreeConvModule):
     return hidden, memory, (hidden, cell)
 
 
-def layer_groups(model, frontend, conv, norm):
+def layer_groups(model, conv, norm):
   """PredRNN's layers for `config.model`."""
   layer = functools.partial(PredRNNLayer, model.num_hidden, model.filter_size,
                             model.layer_norm, conv, norm)
-  return unit.split_bottom(layer, model.num_layers, frontend)
+  return unit.split_bottom(layer, model)

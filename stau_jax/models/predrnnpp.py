@@ -127,7 +127,7 @@ class PredRNNppLayer(unit.BiasFreeConvModule):
     return highway, memory, (hidden, cell, highway)
 
 
-def layer_groups(model, frontend, conv, norm):
+def layer_groups(model, conv, norm):
   """PredRNN++'s layers for `config.model`: the bottom one with the GHU."""
   if model.num_layers < 2:
     raise ValueError(f"config.model.cell='predrnnpp' needs num_layers >= 2 "
@@ -136,7 +136,7 @@ def layer_groups(model, frontend, conv, norm):
   layer = functools.partial(PredRNNppLayer, model.num_hidden,
                             model.filter_size, model.layer_norm,
                             conv, norm)
-  return unit.split_bottom(layer, model.num_layers, frontend,
+  return unit.split_bottom(layer, model,
                            bottom=functools.partial(layer,
                                                     gradient_highway=True))
 

@@ -217,13 +217,25 @@ class STAULayer(nn.Module):
             (new_temporal, temporal_history, spatial_history))
 
 
-def layer_groups(model, frontend, conv, norm):
-  """STAU's layers for `config.model` (its `cell` picks the variant)."""
-  if frontend != 'stau':
+def layer_groups(model, conv, norm):
+  """STAU's layers for `config.model` (its `cell` picks the variant).
+
+  Checks STAU's own fields: tau and theta (positive integers), residual (a
+  bool) and the 'stau' front-end; ValueError naming the first bad one.
+  """
+  for name in ('tau', 'theta'):
+    value = model.get(name)
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f'config.model.{name} must be a positive integer for '
+                       f'the STAU units; got {value!r}.')
+  if not isinstance(model.get('residual'), bool):
+    raise ValueError(f'config.model.residual must be True or False for the '
+                     f'STAU units; got {model.get("residual")!r}.')
+  if model.frontend != 'stau':
     raise ValueError(
         f'config.model.cell={model.cell!r} needs config.model.frontend='
         f"'stau' (its spatial states have num_hidden channels, which the "
-        f"encoder gives); got frontend={frontend!r}.")
+        f"encoder gives); got frontend={model.frontend!r}.")
   layer = functools.partial(
       STAULayer, model.num_hidden, model.filter_size, model.tau, model.theta,
       VARIANTS[model.cell], model.residual, conv, norm)

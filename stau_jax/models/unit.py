@@ -2,9 +2,11 @@
 
 The predictor (predictor.py) owns the time scan, the frame front-end and the
 loop over layers; a unit only says what one layer does at one time step.
-A unit is a module whose `layer_groups(model_config, frontend, conv, norm)`
+A unit is a module whose `layer_groups(model_config, conv, norm)`
 returns the unit's layers as a tuple of `LayerGroup`s, bottom first, plus a
-`Unit` entry in registry.py. Most
+`Unit` entry in registry.py. `layer_groups` also checks the fields only the
+unit reads (STAU's tau, theta, residual), raising ValueError; the predictor
+checks the shared ones (predictor.validate_model_config). Most
 units are one group of `num_layers` identical layers; a unit whose bottom
 layer differs (its input has other channels, or it is another cell, as in
 MIM or PredRNN++'s gradient highway) returns a group of 1 and a group of the
@@ -58,7 +60,8 @@ AUXILIARY = 'auxiliary'
 class Unit(NamedTuple):
   """A registry entry (registry.UNITS).
 
-  layer_groups: (config.model, frontend, conv, norm) -> tuple of LayerGroup.
+  layer_groups: (config.model, conv, norm) -> tuple of LayerGroup; raises
+    ValueError for a bad field of the unit's own.
   torch_key: (path inside one layer, layer index) -> the PyTorch state_dict
     key of that parameter in the unit's reference code (convert_torch).
   unused_torch_keys: a regular expression matching the reference's
@@ -138,7 +141,7 @@ def zeros(batch, height, width, channels, dtype):
   return jnp.zeros((batch, height, width, channels), dtype)
 
 
-def split_bottom(layer, num_layers, frontend, bottom=None):
+def split_bottom(layer, model, bottom=None):
   """Layer groups for a unit whose bottom layer may differ from the others.
 
   With the 'patch' front-end the bottom layer reads patched frames, whose
@@ -146,7 +149,8 @@ def split_bottom(layer, num_layers, frontend, bottom=None):
   the others: it becomes its own group 'cell_0' and the rest 'cells'.
   `bottom` (a layer factory) replaces the bottom layer in any case.
   """
-  if bottom is None and frontend != 'patch':
+  num_layers = model.num_layers
+  if bottom is None and model.frontend != 'patch':
     return (LayerGroup(layer, num_layers, 'cells'),)
   groups = (LayerGroup(bottom or layer, 1, 'cell_0'),)
   if num_layers > 1:
