@@ -10,6 +10,7 @@ from configs import kitti
 from configs import sthsth
 from configs import towncentre
 from stau_jax import data as data_lib
+from stau_jax import errors
 from stau_jax import models
 from stau_jax.data import sthsth as sthsth_data
 from stau_jax.data import video
@@ -372,14 +373,75 @@ def test_sthsth_webm_videos_decode_sample_uniformly_with_labels(tmp_path):
   assert train.shape == (1, 4, 4, 8, 16, 3)
 
 
-def test_hkl_without_hickle_is_a_clear_error(tmp_path, monkeypatch):
+def _write_hickle(path, array, layout):
+  """`array` in the HDF5 layout hickle writes: version 2/3 ('data_0' with
+  type [b'ndarray'] or [b"<type 'list'>"]), 4 ('data' with a base_type) or 5
+  ('data' whose type refers to an entry of its hickle_types_table)."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  kind = 'list' if array.dtype.kind == 'S' else 'ndarray'
+  with h5py.File(path, 'w') as f:
+    if layout == 'hickle2':
+      f.attrs.update(CLASS=b'hickle', VERSION=b'2')
+      node = f.create_dataset('data_0', data=array)
+      node.attrs['type'] = [b"<type 'list'>" if kind == 'list' else b'ndarray']
+      return
+    f.attrs.update(HICKLE_VERSION=layout[-1] + '.0.0', HICKLE_PYTHON_VERSION='3')
+    node = f.create_dataset('data', data=array,
+                            compression='gzip' if layout == 'hickle4' else None)
+    if layout == 'hickle4':
+      node.attrs.update(base_type=kind, type=np.void(b'pickled type'))
+    else:
+      table = f.create_group('hickle_types_table')
+      base = table.create_dataset(kind, shape=None, dtype='int')
+      entry = table.create_dataset('0', data=np.frombuffer(b'pickled type', 'S1'))
+      entry.attrs['base_type'] = base.ref
+      node.attrs['type'] = entry.ref
+
+
+@pytest.mark.parametrize('layout', ['hickle2', 'hickle4', 'hickle5'])
+def test_hkl_frames_and_sources_load_as_hdf5_without_hickle(tmp_path, layout):
   config = _kitti_arrays(tmp_path)
-  (tmp_path / 'X_train.hkl').write_bytes(b'')
-  config.data.train_path = 'X_train.hkl'
-  config.data.train_sources = ''
-  monkeypatch.setattr(video.importlib.util, 'find_spec', lambda name: None)
-  with pytest.raises(ImportError, match=r'X_train.hkl: .*pip install hickle'):
-    data_lib.create_train_iterator(config, num_devices=1)
+  frames, sources = np.load(tmp_path / 'X.npy'), np.load(tmp_path / 'sources.npy')
+  _write_hickle(tmp_path / 'X_train.hkl', frames, layout)
+  _write_hickle(tmp_path / 'sources_train.hkl', sources.astype('S'), layout)
+  read = video.read_frame_arrays(str(tmp_path / 'X_train.hkl'),
+                                 str(tmp_path / 'sources_train.hkl'))
+  np.testing.assert_array_equal(read.array, frames)
+  np.testing.assert_array_equal(read.clip_lengths, [6, 7])
+  config.data.update(train_path='X_train.hkl', train_sources='sources_train.hkl')
+  assert next(data_lib.create_train_iterator(config, num_devices=1)).shape == (
+      1, 4, 3, 8, 16, 3)
+
+
+def _pickle_running(command):
+  """Pickle bytes that run a shell command when unpickled."""
+  return b"cos\nsystem\n(V" + command.encode() + b"\ntR."
+
+
+@pytest.mark.parametrize('layout', ['hickle2', 'hickle4', 'hickle5', 'dict'])
+def test_hkl_holding_a_pickle_is_refused_without_running_it(tmp_path, layout):
+  import h5py  # pylint: disable=g-import-not-at-top
+  marker = tmp_path / 'ran'
+  payload = _pickle_running(f'touch {marker}')
+  path = tmp_path / 'X_test.hkl'
+  with h5py.File(path, 'w') as f:
+    if layout == 'hickle2':  # hickle 2/3: a string dataset of type pickle
+      f.create_dataset('data_0', data=[payload]).attrs['type'] = [b'pickle']
+    elif layout == 'hickle4':
+      f.create_dataset('data', data=payload).attrs['base_type'] = b'pickle'
+    elif layout == 'hickle5':  # hickle 5: bytes without a type
+      f.create_dataset('data', data=np.frombuffer(payload, np.uint8))
+    else:
+      f.create_group('data').attrs['base_type'] = b'dict'
+  with pytest.raises(errors.InputError, match=r'X_test.hkl.*numpy.save'):
+    video.load_array(str(path))
+  assert not marker.exists()
+
+
+def test_hkl_that_is_not_hdf5_names_the_file(tmp_path):
+  (tmp_path / 'X_train.hkl').write_bytes(b'not hdf5')
+  with pytest.raises(errors.InputError, match=r'Not a readable HDF5.*X_train'):
+    video.load_array(str(tmp_path / 'X_train.hkl'))
 
 
 @pytest.mark.parametrize('frames, match', [

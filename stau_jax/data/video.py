@@ -11,8 +11,9 @@ config.data.data_dir when relative.
 
 Frames are center-cropped to the target aspect ratio, resized to
 config.data.image_size and scaled to [0, 1]. Image folders are decoded by
-tf.data in parallel; .hkl needs the hickle package and video files need
-PyAV (`pip install av`) or OpenCV (`pip install opencv-python`).
+tf.data in parallel; .hkl files are read as plain HDF5 (h5py, never
+unpickled); video files need PyAV (`pip install av`) or OpenCV
+(`pip install opencv-python`).
 TensorFlow is imported only when a pipeline is built.
 """
 import dataclasses
@@ -25,6 +26,7 @@ import tempfile
 from absl import logging
 import numpy as np
 
+from stau_jax import errors
 from stau_jax.data import pipeline
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
@@ -66,8 +68,69 @@ def require_path(path, what):
 # Readers -------------------------------------------------------------------
 
 
+# The hickle type names of the nodes `read_hkl` reads: arrays and lists or
+# tuples of numbers or strings, as hickle 2 and 3 ('<class ...>' or
+# '<type ...>' for lists), 4 and 5 name them.
+HICKLE_ARRAY_TYPES = ('ndarray', 'np_dtype', 'list', 'tuple', "<class 'list'>",
+                      "<type 'list'>", "<class 'tuple'>", "<type 'tuple'>")
+
+
+def _hickle_type(file, node):
+  """The hickle type name of `node`, read without unpickling: hickle 2/3's
+  'type' attribute ([b'ndarray']), hickle 4's 'base_type', or hickle 5's
+  reference to its types table. A hickle 5 node without one is pickled."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  if 'base_type' in node.attrs:
+    kind = node.attrs['base_type']
+  elif isinstance(node.attrs.get('type'), h5py.Reference):
+    entry = file[node.attrs['type']]
+    kind = file[entry.attrs['base_type']].name.rsplit('/', 1)[-1]
+  elif 'type' in node.attrs:
+    kind = np.ravel(node.attrs['type'])[0]
+  else:
+    kind = 'pickle'
+  return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+
+def read_hkl(path):
+  """The array in a hickle file (PredNet's X_*.hkl, sources_*.hkl), read as
+  plain HDF5 with h5py: never unpickled, so no file can run code.
+
+  Reads hickle 2/3's root dataset 'data_0' and hickle 4/5's 'data' when it
+  holds an array or a list of numbers or strings; memory-maps it when it is
+  stored contiguously (PredNet's files), like .npy. Raises InputError for
+  anything else (pickled Python objects, dicts, lists stored item by item).
+  """
+  try:
+    import h5py  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.InputError('Reading .hkl files needs h5py', path,
+                            'pip install h5py, or convert it to .npy') from e
+  try:
+    file = h5py.File(path, 'r')
+  except OSError as e:
+    raise errors.InputError(f'Not a readable HDF5 (hickle) file ({e})', path,
+                            'pass PredNet\'s .hkl files or a .npy copy') from e
+  with file:
+    node = file.get('data', file.get('data_0'))
+    kind = _hickle_type(file, node) if node is not None else None
+    if (not isinstance(node, h5py.Dataset) or kind not in HICKLE_ARRAY_TYPES
+        or node.dtype.kind not in 'biufS'):
+      found = 'nothing' if node is None else (
+          f'a {kind}' + ('' if isinstance(node, h5py.Dataset) else ' group'))
+      raise errors.InputError(
+          f'The hickle file holds {found}, not an array or a list of numbers '
+          'or strings (stau_jax never unpickles)', path,
+          'save the array with numpy.save and pass the .npy')
+    offset = node.id.get_offset()
+    if node.chunks is None and offset is not None and node.size:
+      return np.memmap(path, node.dtype, 'r', offset, node.shape)
+    return node[()]
+
+
 def load_array(path):
-  """Loads an array from .npy (memory-mapped), .npz (first array) or .hkl."""
+  """Loads an array from .npy (memory-mapped), .npz (first array) or .hkl
+  (`read_hkl`); nothing is unpickled."""
   extension = os.path.splitext(path)[1].lower()
   if extension == '.npy':
     return np.load(path, mmap_mode='r', allow_pickle=False)
@@ -75,11 +138,7 @@ def load_array(path):
     with np.load(path, allow_pickle=False) as archive:
       return archive[archive.files[0]]
   if extension == '.hkl':
-    if importlib.util.find_spec('hickle') is None:
-      raise ImportError(f'{path}: reading .hkl files needs the hickle package '
-                        '(pip install hickle), or convert it to .npy.')
-    import hickle  # pylint: disable=g-import-not-at-top
-    return np.asarray(hickle.load(path))
+    return read_hkl(path)
   raise ValueError(f'{path}: expected one of {ARRAY_EXTENSIONS}')
 
 
