@@ -22,6 +22,7 @@ from stau_jax import cli
 from stau_jax import errors
 from stau_jax import export
 from stau_jax import models
+from stau_jax import outputs
 from stau_jax.models import registry
 
 FLAGS = flags.FLAGS
@@ -88,7 +89,7 @@ def convert_state_dict(state_dict, config):
   config's model does not have.
   """
   models.validate_model_config(config)
-  state_dict = {re.sub(r'^(module|model)\.', '', k): np.asarray(v, np.float32)
+  state_dict = {re.sub(r'^((module|model)\.)+', '', k): np.asarray(v, np.float32)
                 for k, v in state_dict.items()}
   for key, value in sorted(state_dict.items()):
     if not np.all(np.isfinite(value)):
@@ -152,8 +153,10 @@ def convert_state_dict(state_dict, config):
 def load_torch_state_dict(path):
   """Reads a PyTorch checkpoint into a dict of numpy arrays (needs torch).
 
-  Accepts a plain state_dict, the authors' {'net_param': state_dict} and a
-  (Lightning) {'state_dict': state_dict} whose keys may start with 'model.'.
+  Accepts every layout `unwrap_state_dict` unwraps; float16 and bfloat16
+  tensors become float32. Only tensors and plain Python values are read
+  (torch.load(weights_only=True)): a file holding other Python objects is
+  refused, never unpickled.
   """
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -167,32 +170,45 @@ def load_torch_state_dict(path):
     # weights_only: never runs code from the file (malicious pickles).
     checkpoint = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises many types for bad files.
+    message = str(e)
+    found = re.search(r'Unsupported global: GLOBAL (\S+)', message)
+    if found:
+      raise errors.InputError(
+          f'The PyTorch checkpoint holds a Python object ({found.group(1)}) '
+          'besides tensors; stau_jax reads only tensors and never unpickles',
+          path, 'if you trust the file, save just its state_dict: '
+          'torch.save(torch.load(FILE, weights_only=False)["state_dict"], '
+          '"weights.pt")') from e
     raise errors.InputError(
         f'Cannot read the PyTorch checkpoint ({type(e).__name__}: '
-        f'{str(e).splitlines()[0] if str(e) else "empty or truncated"})',
+        f'{message.splitlines()[0] if message else "empty or truncated"})',
         path, 'pass a file saved with torch.save (the authors\' code, OpenSTL)') from e
-  state_dict = (checkpoint.get('net_param', checkpoint)
-                if isinstance(checkpoint, dict) else checkpoint)
-  if not isinstance(state_dict, dict) or not all(
+  state_dict = unwrap_state_dict(checkpoint)
+  if not isinstance(state_dict, dict) or not state_dict or not all(
       isinstance(v, torch.Tensor) for v in state_dict.values()):
     raise errors.InputError(
         'The PyTorch checkpoint holds no state_dict of tensors', path,
         "pass a state_dict, the authors' {'net_param': state_dict} or a "
-        "Lightning checkpoint")
-  return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
+        "Lightning checkpoint {'state_dict': ...}")
+  return {k: (v.float() if v.is_floating_point() else v).detach().cpu().numpy()
+          for k, v in state_dict.items()}
 
 
 def unwrap_state_dict(checkpoint):
   """The state_dict inside a loaded checkpoint: under 'net_param' (the
-  authors' code), 'state_dict' (Lightning), or the checkpoint itself."""
+  authors' code), 'state_dict' (Lightning, OpenSTL), or the checkpoint
+  itself (a plain state_dict). Key prefixes 'model.' (Lightning) and
+  'module.' (DataParallel) are removed by `convert_state_dict`."""
   for wrapper in ('net_param', 'state_dict'):
-    if isinstance(checkpoint, dict) and wrapper in checkpoint:
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper),
+                                                   dict):
       return checkpoint[wrapper]
   return checkpoint
 
 
 def convert_checkpoint(checkpoint, config, output):
   """Reads a reference .ckpt, converts it and writes the export file."""
+  outputs.check_output_paths(output=output)
   params = convert_state_dict(load_torch_state_dict(checkpoint), config)
   export.save_export(output, params, config)
   print(f'Wrote {output}: {models.count_params(params):,} parameters, cell={config.model.cell}.')

@@ -1,4 +1,5 @@
 """Converted reference checkpoints predict the authors' outputs (tests/vectors)."""
+import argparse
 import glob
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 
 from configs import mmnist
 from stau_jax import convert_torch
+from stau_jax import errors
 from stau_jax import export
 from stau_jax import models
 from tests import openstl_vectors
@@ -148,3 +150,64 @@ def test_cli_without_torch_says_how_to_install_it(tmp_path):
       cwd=ROOT, capture_output=True, text=True)
   assert result.returncode != 0
   assert 'pip install -e ".[torch]"' in result.stderr
+
+
+def _torch_checkpoint(state_dict, layout):
+  """`state_dict` (numpy) as the layouts convert_torch documents save it."""
+  import torch  # pylint: disable=g-import-not-at-top
+  dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(layout)
+  tensors = {k: torch.from_numpy(np.array(v)).to(dtype or torch.float32)
+             for k, v in state_dict.items()}
+  if layout == 'authors':
+    return {'net_param': tensors}
+  if layout == 'lightning':
+    return {'epoch': 3, 'global_step': 1200,
+            'pytorch-lightning_version': '2.1.0',
+            'state_dict': {f'model.{k}': v for k, v in tensors.items()},
+            'optimizer_states': [{'state': {}, 'param_groups': [
+                {'lr': 1e-3, 'params': list(range(len(tensors)))}]}],
+            'lr_schedulers': [], 'hyper_parameters': {'lr': 1e-3}}
+  if layout == 'data_parallel':
+    return {f'module.{k}': v for k, v in tensors.items()}
+  return tensors
+
+
+@pytest.mark.parametrize('vector', [
+    'stau_basic.npz', 'openstl/predrnn_gray_p4.npz', 'openstl/mim_rgb_p2.npz'])
+@pytest.mark.parametrize('layout', ['authors', 'plain', 'lightning',
+                                    'data_parallel', 'fp16', 'bf16'])
+def test_every_documented_checkpoint_layout_converts(tmp_path, vector, layout):
+  torch = pytest.importorskip('torch')
+  path = os.path.join(os.path.dirname(__file__), 'vectors', vector)
+  config, state_dict, *_ = (openstl_vectors.load(path) if 'openstl' in vector
+                            else load_vector(path))
+  checkpoint = str(tmp_path / 'model.ckpt')
+  torch.save(_torch_checkpoint(state_dict, layout), checkpoint)
+  output = str(tmp_path / 'model.export')
+  convert_torch.convert_checkpoint(checkpoint, config, output)
+  params, _ = export.load_export(output)
+  # Half-precision files hold the rounded weights; convert those in float32.
+  dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(layout)
+  if dtype is not None:
+    state_dict = {k: torch.from_numpy(np.array(v)).to(dtype).float().numpy()
+                  for k, v in state_dict.items()}
+  expected = convert_torch.convert_state_dict(state_dict, config)
+  for (key, actual), value in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0],
+      jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_array_equal(actual, value, err_msg=str(key))
+
+
+def test_checkpoint_with_python_objects_is_refused_unrun(tmp_path):
+  torch = pytest.importorskip('torch')
+  config, state_dict, *_ = load_vector(
+      next(p for p in VECTORS if 'stau_basic' in p))
+  path = str(tmp_path / 'model.ckpt')
+  torch.save({'state_dict': {k: torch.from_numpy(np.array(v))
+                             for k, v in state_dict.items()},
+              'hyper_parameters': argparse.Namespace(lr=1e-3)}, path)
+  with pytest.raises(errors.InputError,
+                     match=r'Python object \(argparse.Namespace\).*never '
+                     r'unpickles \(.*model.ckpt\): if you trust'):
+    convert_torch.convert_checkpoint(path, config, str(tmp_path / 'x.export'))
+  assert os.listdir(tmp_path) == ['model.ckpt']
