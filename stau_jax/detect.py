@@ -426,7 +426,7 @@ def load_clips(path, index):
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Clips file {path!r} does not exist; pass '
                             '--data= a .npy of (N, T, H, W[, C]) sequences.')
-  clips = np.load(path, mmap_mode='r')
+  clips = np.load(path, mmap_mode='r', allow_pickle=False)
   if not 0 <= index < len(clips):
     raise ValueError(f'--index={index} is outside the {len(clips)} sequences '
                      f'of {path}.')

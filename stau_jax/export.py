@@ -8,7 +8,7 @@ Format (version 1): one msgpack map (flax.serialization) with keys
   params         msgpack bytes of the parameter pytree (float32 arrays)
 Written by `convert_torch` and by training (`python -m stau_jax.export`);
 read by `predict`, `evaluate` and the notebook. Needs neither torch nor the
-training checkpoint. Files are written atomically (temporary file + rename).
+training checkpoint. Files are written atomically (outputs.write_bytes).
 
   python -m stau_jax.export --workdir=runs/mmnist [--step=N] --output=FILE
 
@@ -29,6 +29,7 @@ from stau_jax import checkpoints
 from stau_jax import cli
 from stau_jax import errors
 from stau_jax import models
+from stau_jax import outputs
 from stau_jax import upgrade
 
 FORMAT = 'stau_jax.export'
@@ -39,9 +40,11 @@ ExportError = errors.ExportError
 
 
 def save_export(path, params, config):
-  """Writes `params` and `config` to `path` atomically.
+  """Writes `params` and `config` to `path` atomically (`outputs`).
 
-  Raises ExportError (nothing is written) if a parameter is not finite.
+  Raises ExportError (nothing is written) if a parameter is not finite, and
+  outputs.OutputError naming `path` if it cannot be written (missing
+  folder, full disk).
   """
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
   check_finite(params, source=path)
@@ -54,12 +57,7 @@ def save_export(path, params, config):
       'params_sha256': hashlib.sha256(params_bytes).hexdigest(),
       'params': params_bytes,
   })
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  temporary = f'{path}.tmp-{os.getpid()}'
-  with open(temporary, 'wb') as f:
-    f.write(payload)
-  os.replace(temporary, path)
+  outputs.write_bytes(path, payload)
 
 
 def load_export(path):
@@ -143,6 +141,7 @@ def check_params(params, config, source='parameters'):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  outputs.check_output_paths(output=flags.FLAGS.output)
   step = flags.FLAGS.step
   params, config = checkpoints.load_params(flags.FLAGS.workdir,
                                            None if step < 0 else step)

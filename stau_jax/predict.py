@@ -37,7 +37,7 @@ from stau_jax.data import video
 def load_frames(path):
   """Memory-maps the .npy file of frames at `path`; InputError if unreadable."""
   try:
-    return np.load(path, mmap_mode='r')
+    return np.load(path, mmap_mode='r', allow_pickle=False)
   except (ValueError, EOFError) as e:  # not .npy, truncated, pickled
     raise errors.InputError(f'Cannot read the frames: {e}', path,
                             'pass a .npy array (N, T, H, W[, C])') from e

@@ -279,7 +279,7 @@ def load_official_npy(path, total_length=20):
   least total_length frames per sequence.
   """
   try:
-    array = np.load(path, mmap_mode='r')
+    array = np.load(path, mmap_mode='r', allow_pickle=False)
   except (OSError, ValueError) as error:
     raise ValueError(f'{path}: cannot read as a .npy array ({error})') from error
   if array.dtype != np.uint8 or array.ndim != 4 or array.shape[2:] != (64, 64):
