@@ -208,7 +208,7 @@ def unwrap_state_dict(checkpoint):
 
 def convert_checkpoint(checkpoint, config, output):
   """Reads a reference .ckpt, converts it and writes the export file."""
-  outputs.check_output_paths(output=output)
+  outputs.check_output_paths(inputs={'checkpoint': checkpoint}, output=output)
   params = convert_state_dict(load_torch_state_dict(checkpoint), config)
   export.save_export(output, params, config)
   print(f'Wrote {output}: {models.count_params(params):,} parameters, cell={config.model.cell}.')

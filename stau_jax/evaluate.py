@@ -34,6 +34,7 @@ from stau_jax import errors
 from stau_jax import export
 from stau_jax import metrics
 from stau_jax import models
+from stau_jax import outputs
 from stau_jax import summaries
 
 FLAGS = flags.FLAGS
@@ -276,6 +277,8 @@ def _check_overrides(argv, overridable):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  outputs.check_output_paths(inputs={'export': FLAGS.export, 'data': FLAGS.data},
+                             output=FLAGS.output)
   params, config = export.load_export(FLAGS.export)
   overrides = dict(config_flags.get_override_values(FLAGS['config']))
   if FLAGS.data:
@@ -289,8 +292,7 @@ def main(argv):
   print(f'{result["count"]} sequences; averages: ' + ', '.join(
       f'{name} {value:.4f}' for name, value in result['mean'].items()))
   if FLAGS.output:
-    with open(FLAGS.output, 'w') as f:
-      json.dump(result, f, indent=2)
+    outputs.write_text(FLAGS.output, json.dumps(result, indent=2))
     print(f'Wrote {FLAGS.output}.')
 
 

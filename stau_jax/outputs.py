@@ -73,23 +73,30 @@ def write_text(path, text):
   write_bytes(path, text.encode('utf-8'))
 
 
-def check_output_paths(suffixes=None, **paths):
+def check_output_paths(suffixes=None, inputs=None, **paths):
   """Refuses output paths before the work; returns {name: path}.
 
   Args:
     suffixes: {name: (allowed extensions, lower case, with the dot)}.
+    inputs: {flag name: path or None} of the files the command reads; an
+      output may not replace one.
     **paths: {flag name: path or None}; None entries are skipped.
 
   Raises OutputError naming the flag and the path when a path is a
   directory, its folder does not exist or is not writable, two outputs share
-  one path, or an extension is not allowed.
+  one path, an output is an input, or an extension is not allowed.
   """
   suffixes = suffixes or {}
   given = {name: path for name, path in paths.items() if path}
+  read = {os.path.realpath(path): name for name, path in (inputs or {}).items()
+          if path}
   seen = {}
   for name, path in given.items():
     where = f'--{name}={path}'
     real = os.path.realpath(path)
+    if real in read:
+      raise OutputError(f'{where} would overwrite the input --{read[real]}',
+                        None, 'write the output to another file')
     if real in seen:
       raise OutputError(f'--{seen[real]} and --{name} name the same file', path,
                         'give each output its own path')

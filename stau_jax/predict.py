@@ -272,32 +272,28 @@ def define_flags():
 
 def main(argv):
   del argv
-  outputs.check_output_paths(gif=FLAGS.gif, suffixes={'gif': ('.gif',)})
+  outputs.check_output_paths(
+      suffixes={'gif': ('.gif',)},
+      inputs={'export': FLAGS.export, 'input': FLAGS.input},
+      output=FLAGS.output, gif=FLAGS.gif)
   params, config = export.load_export(FLAGS.export)
   frames = check_inputs(read_input(FLAGS.input, config, FLAGS.start,
                                   FLAGS.resize), config)
   height, width = config.data.image_size
   shape = (len(frames), config.data.total_length - config.data.input_length,
            height, width, config.data.channels)
-  # Written to a temporary file next to the output, so an unwritable output
-  # fails before predicting and a failed run leaves no partial file.
-  temporary = f'{FLAGS.output}.tmp-{os.getpid()}'
-  predictions = np.lib.format.open_memmap(temporary, mode='w+',
-                                          dtype=np.float32, shape=shape)
-  try:
-    start = 0
-    for batch in predict_batches(params, config, frames, FLAGS.batch_size,
-                                 FLAGS.clip):
-      if not start:
-        first = batch[0]
-      predictions[start:start + len(batch)] = batch
-      start += len(batch)
-    predictions.flush()
-    del predictions
-    os.replace(temporary, FLAGS.output)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+  # Written batch by batch to a temporary file beside the output: a failed
+  # run (a full disk included) leaves no partial file.
+  with outputs.atomic_path(FLAGS.output) as temporary:
+    first = None
+    with open(temporary, 'wb') as f:
+      np.lib.format.write_array_header_1_0(f, {
+          'descr': np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+          'fortran_order': False, 'shape': shape})
+      for batch in predict_batches(params, config, frames, FLAGS.batch_size,
+                                   FLAGS.clip):
+        first = batch[0] if first is None else first
+        f.write(np.ascontiguousarray(batch, np.float32).tobytes())
   print(f'Wrote {FLAGS.output}: {shape} float32.')
   if FLAGS.gif:
     save_prediction_gif(FLAGS.gif, frames[0], first, config)

@@ -151,6 +151,32 @@ def test_cli_prints_the_table_and_writes_json(tiny_export, tmp_path):
   assert baseline.stdout.splitlines()[1].split() == ['frame', 'mae', 'psnr']
 
 
+def test_cli_on_a_full_disk_keeps_the_old_metrics(tiny_export, tmp_path):
+  output = tmp_path / 'metrics.json'
+  output.write_text('{"old": 1}')
+  result = runs.python_on_full_disk(
+      'stau_jax.evaluate', f'--export={tiny_export}',
+      '--config.num_eval_batches=1', '--config.eval_batch_size=4',
+      '--config.eval_metrics=mse', f'--output={output}')
+  runs.assert_full_disk_error(result, str(output), tmp_path, b'{"old": 1}')
+
+
+@pytest.mark.parametrize('output, message', [
+    ('.', 'error: --output=. is a directory: name a file to write'),
+    ('missing/m.json', 'error: The folder of --output=missing/m.json does not '
+     'exist'),
+    ('tiny.export', 'error: --output=tiny.export would overwrite the input '
+     '--export'),
+])
+def test_cli_refuses_a_bad_output_before_reading_the_export(tmp_path, output,
+                                                            message):
+  (tmp_path / 'tiny.export').write_bytes(b'not read')
+  result = runs.python('-m', 'stau_jax.evaluate', '--export=tiny.export',
+                       f'--output={output}', cwd=tmp_path, check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(message)
+
+
 def test_cli_reads_an_official_layout_npy(tmp_path):
   config = runs.tiny_config()
   config.data.image_size = (64, 64)

@@ -53,6 +53,15 @@ def test_bad_output_paths_are_refused(tmp_path, make_paths, message):
                                **make_paths(tmp_path))
 
 
+def test_an_output_on_an_input_is_refused(tmp_path):
+  clips = str(tmp_path / 'clips.npy')
+  with pytest.raises(outputs.OutputError,
+                     match=r'--output=.*clips.npy would overwrite the input '
+                     '--input: write the output to another file'):
+    outputs.check_output_paths(inputs={'input': clips, 'export': None},
+                               output=clips)
+
+
 def test_good_output_paths_pass(tmp_path):
   paths = outputs.check_output_paths(
       suffixes={'picture': ('.png',)}, output=str(tmp_path / 'a.json'),

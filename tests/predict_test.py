@@ -14,6 +14,7 @@ from stau_jax import errors
 from stau_jax import export
 from stau_jax import models
 from stau_jax import predict
+from tests import runs
 from tests.videos import video_frames
 from tests.videos import write_video
 
@@ -128,9 +129,22 @@ def test_cli_checks_the_output_path_before_predicting(tiny_export, tmp_path):
        f'--input={tmp_path / "in.npy"}', f'--output={output}'], cwd=ROOT,
       capture_output=True, text=True)
   assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      'error: No such file or directory (')
-  assert 'missing_dir' in result.stderr and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines() == [
+      f'error: The folder of --output={output} does not exist '
+      f'({output.parent}): create it first']
+
+
+def test_cli_on_a_full_disk_names_the_output_and_keeps_the_old_one(
+    tiny_export, tmp_path):
+  path, _, config = tiny_export
+  np.save(tmp_path / 'in.npy', _clips(3, config))
+  output = tmp_path / 'out.npy'
+  output.write_bytes(b'old predictions')
+  result = runs.python_on_full_disk(
+      'stau_jax.predict', f'--export={path}', f'--input={tmp_path / "in.npy"}',
+      f'--output={output}')
+  runs.assert_full_disk_error(result, str(output), tmp_path,
+                              b'old predictions')
 
 
 def _gray_video(tmp_path, count=10):

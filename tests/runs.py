@@ -59,6 +59,38 @@ def python(*args, env=None, cwd=REPO, timeout=300, check=True, **kwargs):
   return result
 
 
+_FULL_DISK = """
+import errno, runpy, sys
+from stau_jax import outputs
+def full_disk(path):
+  raise OSError(errno.ENOSPC, 'No space left on device', path)
+outputs._fsync = full_disk
+sys.argv.pop(0)
+runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+"""
+
+
+def python_on_full_disk(module, *args, **kwargs):
+  """Runs `python -m MODULE ARGS` where every file written through
+  stau_jax.outputs fails as on a full disk (after its content is written)."""
+  return python('-c', _FULL_DISK, module, *args, check=False, **kwargs)
+
+
+def assert_full_disk_error(result, path, folder, old=None):
+  """`result` failed with one line naming `path`; `folder` holds no
+  temporary file and `path` still holds `old` (None: absent)."""
+  assert result.returncode == 1, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: The disk is full; nothing was written ({path}): free some '
+      'space and run again'), result.stderr
+  assert not [name for name in os.listdir(folder) if '.tmp' in name]
+  if old is None:
+    assert not os.path.exists(path)
+  else:
+    with open(path, 'rb') as f:
+      assert f.read() == old
+
+
 def train_args(workdir, *overrides):
   """Arguments of `python -m stau_jax.main` on configs/tiny.py."""
   return ('-m', 'stau_jax.main', f'--config={TINY_CONFIG}',
