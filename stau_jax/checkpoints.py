@@ -28,6 +28,7 @@ from flax import serialization
 
 from stau_jax import data
 from stau_jax import errors
+from stau_jax import outputs
 from stau_jax import upgrade
 
 CONFIG_FILE = 'config.json'
@@ -90,9 +91,7 @@ def write_config(workdir, config):
   """Writes `config` to WORKDIR/config.json atomically."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(path + '.tmp', path)
+  outputs.write_text(path, config.to_json(indent=2, sort_keys=True))
 
 
 def check_compatible(saved_config, config, workdir,

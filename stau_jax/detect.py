@@ -39,6 +39,7 @@ from PIL import ImageDraw
 from stau_jax import cli
 from stau_jax import export
 from stau_jax import metrics
+from stau_jax import outputs
 from stau_jax import pictures
 from stau_jax import predict
 
@@ -426,7 +427,7 @@ def load_clips(path, index):
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Clips file {path!r} does not exist; pass '
                             '--data= a .npy of (N, T, H, W[, C]) sequences.')
-  clips = np.load(path, mmap_mode='r', allow_pickle=False)
+  clips = predict.load_frames(path)
   if not 0 <= index < len(clips):
     raise ValueError(f'--index={index} is outside the {len(clips)} sequences '
                      f'of {path}.')
@@ -443,13 +444,18 @@ def write_json(path, result, **settings):
   report = dict(settings, **{part: {name: finite(value) for name, value in
                                     result[part].items()}
                              for part in ('per_frame', 'mean')})
-  with open(path, 'w') as f:
-    json.dump(report, f, indent=2)
+  outputs.write_text(path, json.dumps(report, indent=2))
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  picture = FLAGS.picture or os.path.splitext(FLAGS.output)[0] + '.png'
+  outputs.check_output_paths(
+      suffixes={'picture': ('.png',)},
+      inputs={'export': FLAGS.export, 'data': FLAGS.data,
+              'detector_weights': FLAGS.detector_weights},
+      output=FLAGS.output, picture=picture)
   params, config = export.load_export(FLAGS.export)
   scale = FLAGS.detect_scale or auto_scale(config.data.image_size)
   detector = create_detector(FLAGS.detector, FLAGS.detector_weights, scale,
@@ -468,7 +474,6 @@ def main(argv):
              detector=FLAGS.detector, detector_weights=FLAGS.detector_weights,
              threshold=FLAGS.threshold, match_iou=MATCH_IOU,
              detect_scale=scale, num_sequences=len(clips))
-  picture = FLAGS.picture or os.path.splitext(FLAGS.output)[0] + '.png'
   frames, i = detected['frames'][FLAGS.index], FLAGS.index
   input_length = config.data.input_length
   pictures.save_png(picture, detection_strip(

@@ -11,6 +11,8 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from stau_jax import outputs
+
 _GAP = 2  # pixels between frames and rows
 
 
@@ -119,10 +121,13 @@ def samples_strip(frames, predictions, input_length):
 
 
 def save_png(path, image):
-  """Writes a uint8 (H, W) or (H, W, C) image."""
+  """Writes a uint8 (H, W) or (H, W, C) image atomically (`outputs`); the
+  extension of `path` picks the format."""
   image = np.asarray(image)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+  with outputs.atomic_path(path) as temporary:
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+        temporary)
 
 
 def auto_scale(image_size):
@@ -132,7 +137,8 @@ def auto_scale(image_size):
 
 def save_gif(path, frames, predictions, input_length, duration_ms=200,
              scale=1):
-  """Writes an animated GIF: truth on the left, the model's view on the right.
+  """Writes an animated GIF atomically: truth on the left, the model's view
+  on the right.
 
   The right panel shows the inputs, then the predicted frames. When `frames`
   hold only the inputs (no true future), the GIF is the model's view alone.
@@ -159,8 +165,9 @@ def save_gif(path, frames, predictions, input_length, duration_ms=200,
     panels = panels[..., 0]
   images = [Image.fromarray(panel) for panel in panels]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  images[0].save(path, format='GIF', save_all=True, append_images=images[1:],
-                 duration=duration_ms, loop=0)
+  with outputs.atomic_path(path) as temporary:
+    images[0].save(temporary, format='GIF', save_all=True,
+                   append_images=images[1:], duration=duration_ms, loop=0)
 
 
 def new_figure(width, height):

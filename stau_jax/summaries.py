@@ -26,6 +26,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from stau_jax import errors
+from stau_jax import outputs
 from stau_jax import pictures
 
 LOSSES_FILE = 'train_losses.jsonl'
@@ -179,9 +180,7 @@ class SummaryWriter:
       return
     records = [r for r in read_losses(self.workdir) if r['step'] <= step]
     path = os.path.join(self.workdir, LOSSES_FILE)
-    with open(path + '.tmp', 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in records)
-    os.replace(path + '.tmp', path)
+    outputs.write_text(path, ''.join(json.dumps(r) + '\n' for r in records))
 
   def write_losses(self, records):
     """Appends per-step records ({'step': int, ...}) to train_losses.jsonl."""
@@ -199,11 +198,10 @@ class SummaryWriter:
     if not self.just_logging:
       os.makedirs(os.path.join(self.workdir, 'eval'), exist_ok=True)
       name = os.path.join(self.workdir, 'eval', f'step_{step:06d}')
-      with open(name + '.json', 'w') as f:
-        json.dump({'step': step, **result}, f, indent=2)
+      outputs.write_text(name + '.json',
+                         json.dumps({'step': step, **result}, indent=2))
       if table is not None:
-        with open(name + '.txt', 'w') as f:
-          f.write(table + '\n')
+        outputs.write_text(name + '.txt', table + '\n')
     self.scalars({f'eval/{k}': v for k, v in scalars.items()}, step)
     self.flush()
 

@@ -27,6 +27,7 @@ import numpy as np
 from stau_jax import cli
 from stau_jax import export
 from stau_jax import models
+from stau_jax import outputs
 from stau_jax import pictures
 from stau_jax import predict
 
@@ -268,6 +269,10 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if os.path.exists(FLAGS.output) and not os.path.isdir(FLAGS.output):
+    raise outputs.OutputError(
+        f'--output={FLAGS.output} is a file; visualize writes a folder of '
+        'pictures', None, 'name a folder (it is created if missing)')
   params, config = export.load_export(FLAGS.export)
   clips = predict.read_input(FLAGS.input, config, FLAGS.start, FLAGS.resize)
   for index in FLAGS.index:

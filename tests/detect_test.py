@@ -1,5 +1,6 @@
 """Tests of person detection on predictions: boxes, YOLO decoding, HOG, the CLI."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -243,3 +244,35 @@ def test_cli_reports_matches_and_writes_json_and_picture(tmp_path):
   np.testing.assert_allclose(report['mean']['pred_top'], 0.9, atol=1e-6)
   picture = np.asarray(Image.open(tmp_path / 'det.png'))
   assert picture.shape == (2 * 256 + 2, 8 * 258 - 2, 3)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--output=det.png'], 'error: --output and --picture name the same file '
+     '(det.png): give each output its own path'),
+    (['--output=det.json', '--picture=det.jpg'],
+     'error: --picture=det.jpg must end with .png: change the file name'),
+    (['--output=clips.npy'], 'error: --output=clips.npy would overwrite the '
+     'input --data: write the output to another file'),
+])
+def test_cli_refuses_colliding_outputs_before_reading_the_export(
+    tmp_path, flags, message):
+  result = runs.python('-m', 'stau_jax.detect', '--export=missing.export',
+                       '--data=clips.npy', *flags, cwd=tmp_path, check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == message
+  assert os.listdir(tmp_path) == []
+
+
+def test_cli_on_a_full_disk_keeps_the_old_report(tmp_path):
+  config = tiny.get_config()
+  params = models.init_params(models.create_model(config), config,
+                              jax.random.PRNGKey(0))
+  export.save_export(str(tmp_path / 'tiny.export'), params, config)
+  np.save(tmp_path / 'clips.npy', np.zeros((1, 8, 16, 16), np.uint8))
+  (tmp_path / 'det.json').write_text('{"old": 1}')
+  result = runs.python_on_full_disk(
+      'stau_jax.detect', f'--export={tmp_path / "tiny.export"}',
+      f'--data={tmp_path / "clips.npy"}', f'--output={tmp_path / "det.json"}')
+  runs.assert_full_disk_error(result, str(tmp_path / 'det.json'), tmp_path,
+                              b'{"old": 1}')
+  assert not (tmp_path / 'det.png').exists()

@@ -1,9 +1,12 @@
 """Tests of the frame strips, GIFs and metric curves."""
+import errno
+import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from stau_jax import outputs
 from stau_jax import pictures
 
 
@@ -94,3 +97,21 @@ def test_metric_curves_is_an_rgb_image():
   assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
   assert image.shape[1] > image.shape[0] > 100
   assert len(np.unique(image.reshape(-1, 3), axis=0)) > 10  # not blank
+
+
+def test_pictures_on_a_full_disk_keep_the_old_files(tmp_path, monkeypatch):
+  def full_disk(path):
+    raise OSError(errno.ENOSPC, 'No space left on device', path)
+
+  monkeypatch.setattr(outputs, '_fsync', full_disk)
+  frames, predictions = _sequence(), _sequence(length=2, seed=1)
+  for name, save in [
+      ('strip.png', lambda path: pictures.save_png(
+          path, pictures.to_uint8(frames[0]))),
+      ('sequence.gif', lambda path: pictures.save_gif(path, frames,
+                                                      predictions, 4))]:
+    (tmp_path / name).write_bytes(b'old')
+    with pytest.raises(outputs.OutputError, match=f'disk is full.*{name}'):
+      save(str(tmp_path / name))
+    assert (tmp_path / name).read_bytes() == b'old'
+  assert sorted(os.listdir(tmp_path)) == ['sequence.gif', 'strip.png']

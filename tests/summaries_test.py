@@ -1,5 +1,6 @@
 """The run log: TensorBoard files its own reader parses, losses, evaluations,
 samples, and writers of other processes that write nothing."""
+import errno
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from tensorboard.backend.event_processing import event_file_loader
 
 from stau_jax import errors
 from stau_jax import metrics
+from stau_jax import outputs
 from stau_jax import pictures
 from stau_jax import summaries
 
@@ -122,3 +124,20 @@ def test_progress_rate_and_time_left(monkeypatch):
   progress.logged()
   progress.mark(40)
   assert not progress.due() and progress.rate(40) is None
+
+
+def test_evaluation_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
+  def full_disk(path):
+    raise OSError(errno.ENOSPC, 'No space left on device', path)
+
+  result = {'per_frame': {'mse': [1.0]}, 'mean': {'mse': 1.0}, 'count': 1}
+  writer = summaries.SummaryWriter(str(tmp_path))
+  writer.write_evaluation(7, result, result['mean'])
+  path = tmp_path / 'eval' / 'step_000007.json'
+  old = path.read_text()
+  monkeypatch.setattr(outputs, '_fsync', full_disk)
+  with pytest.raises(outputs.OutputError, match='disk is full.*step_000007'):
+    writer.write_evaluation(7, dict(result, count=2), result['mean'])
+  writer.close()
+  assert path.read_text() == old
+  assert os.listdir(tmp_path / 'eval') == ['step_000007.json']

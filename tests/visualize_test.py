@@ -116,3 +116,16 @@ def test_cli_draws_a_frames_folder_from_start(tmp_path, tiny_model):
   width = strip.shape[1]
   truth = strip[66:130, width - (4 * 66 - 2):width - (4 * 66 - 2) + 64]
   np.testing.assert_array_equal(truth[::4, ::4], gray[4])
+
+
+def test_cli_refuses_a_file_as_its_folder_before_reading_the_export(tmp_path):
+  from tests import runs  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'out.png').write_bytes(b'old')
+  result = runs.python('-m', 'stau_jax.visualize', '--export=missing.export',
+                       '--input=clips.npy', '--output=out.png', cwd=tmp_path,
+                       check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: --output=out.png is a file; visualize writes a folder of '
+      'pictures: name a folder (it is created if missing)')
+  assert (tmp_path / 'out.png').read_bytes() == b'old'
