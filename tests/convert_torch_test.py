@@ -1,5 +1,6 @@
 """Converted reference checkpoints predict the authors' outputs (tests/vectors)."""
 import argparse
+import errno
 import glob
 import json
 import os
@@ -15,6 +16,7 @@ from stau_jax import convert_torch
 from stau_jax import errors
 from stau_jax import export
 from stau_jax import models
+from stau_jax import outputs
 from tests import openstl_vectors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,3 +213,34 @@ def test_checkpoint_with_python_objects_is_refused_unrun(tmp_path):
                      r'unpickles \(.*model.ckpt\): if you trust'):
     convert_torch.convert_checkpoint(path, config, str(tmp_path / 'x.export'))
   assert os.listdir(tmp_path) == ['model.ckpt']
+
+
+def test_full_disk_names_the_export_and_keeps_the_old_one(tmp_path,
+                                                          monkeypatch):
+  torch = pytest.importorskip('torch')
+  config, state_dict, *_ = load_vector(
+      next(p for p in VECTORS if 'stau_basic' in p))
+  checkpoint = str(tmp_path / 'model.ckpt')
+  torch.save(_torch_checkpoint(state_dict, 'authors'), checkpoint)
+  output = tmp_path / 'model.export'
+  output.write_bytes(b'old')
+
+  def full_disk(path):
+    raise OSError(errno.ENOSPC, 'No space left on device', path)
+
+  monkeypatch.setattr(outputs, '_fsync', full_disk)
+  with pytest.raises(outputs.OutputError,
+                     match=r'disk is full; nothing was written \(.*model.export'):
+    convert_torch.convert_checkpoint(checkpoint, config, str(output))
+  assert output.read_bytes() == b'old'
+  assert sorted(os.listdir(tmp_path)) == ['model.ckpt', 'model.export']
+
+
+def test_output_on_the_checkpoint_is_refused_before_reading_it(tmp_path):
+  config = load_vector(next(p for p in VECTORS if 'stau_basic' in p))[0]
+  checkpoint = tmp_path / 'model.ckpt'
+  checkpoint.write_bytes(b'not read')
+  with pytest.raises(outputs.OutputError, match='overwrite the input '
+                     '--checkpoint'):
+    convert_torch.convert_checkpoint(str(checkpoint), config, str(checkpoint))
+  assert checkpoint.read_bytes() == b'not read'

@@ -164,3 +164,20 @@ def test_export_cli_errors(trained_workdir, tmp_path):
       "[Errno 2] No such file or directory: "
       f"'{tmp_path / 'nothing'}/config.json'"]
   assert not os.path.exists(output)
+
+
+def test_export_cli_on_a_full_disk_keeps_the_old_file(trained_workdir, tmp_path):
+  output = tmp_path / 'x.export'
+  output.write_bytes(b'old')
+  result = runs.python_on_full_disk('stau_jax.export',
+                                    f'--workdir={trained_workdir}',
+                                    f'--output={output}')
+  runs.assert_full_disk_error(result, str(output), tmp_path, b'old')
+
+
+def test_export_cli_refuses_a_directory_before_reading_the_run(tmp_path):
+  result = runs.python('-m', 'stau_jax.export', '--workdir=missing',
+                       f'--output={tmp_path}', check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f'error: --output={tmp_path} is a directory: name a file to write']
