@@ -5,7 +5,8 @@ r"""Converts a PyTorch checkpoint (the authors' STAU/MAU, OpenSTL) to an export 
 
 The checkpoint is what the authors' code saves, torch.save({'net_param':
 state_dict}), an OpenSTL checkpoint (a plain state_dict, or Lightning's
-{'state_dict': ...} with keys prefixed 'model.'), or a bare state_dict. The
+{'state_dict': ...} with keys prefixed 'model.'), or a bare state_dict;
+fp16/bf16 weights are read as float32 and nothing is unpickled. The
 config must describe the same architecture (override it as
 --config.model.cell=predrnn --config.model.frontend=patch ...). The conversion
 itself (`convert_state_dict`) works on a dict of numpy arrays, so only
