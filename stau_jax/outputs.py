@@ -80,13 +80,17 @@ def check_output_paths(suffixes=None, inputs=None, **paths):
     suffixes: {name: (allowed extensions, lower case, with the dot)}.
     inputs: {flag name: path or None} of the files the command reads; an
       output may not replace one.
-    **paths: {flag name: path or None}; None entries are skipped.
+    **paths: {flag name: path or None}; None entries are skipped, empty
+      ones refused.
 
   Raises OutputError naming the flag and the path when a path is a
   directory, its folder does not exist or is not writable, two outputs share
   one path, an output is an input, or an extension is not allowed.
   """
   suffixes = suffixes or {}
+  for name, path in paths.items():
+    if path == '':
+      raise OutputError(f'--{name} is empty', None, 'name a file to write')
   given = {name: path for name, path in paths.items() if path}
   read = {os.path.realpath(path): name for name, path in (inputs or {}).items()
           if path}

@@ -46,6 +46,7 @@ def test_missing_folder_is_refused_at_write(tmp_path):
     (lambda d: {'output': str(d / 'a.json'), 'picture': str(d / 'a.json')},
      'name the same file'),
     (lambda d: {'picture': str(d / 'a.json')}, 'must end with .png'),
+    (lambda d: {'output': ''}, '--output is empty'),
 ])
 def test_bad_output_paths_are_refused(tmp_path, make_paths, message):
   with pytest.raises(outputs.OutputError, match=message):
