@@ -4,7 +4,7 @@ r"""The README's picture: a small STAU trained here, its prediction and attentio
       --output=docs/stau_prediction.png --index=0 --config=configs/tiny.py]
 
 trains `picture_config()` (one bundled MNIST digit on 32x32 frames, 4 -> 8
-frames, a 2-layer x 16 STAU: about 8 minutes on a 2-core CPU, offline) in
+frames, a 2-layer x 32 STAU: 8 to 15 minutes on a 2-core CPU, offline) in
 --workdir, resuming or reusing a finished run there, and writes one PNG:
 test sequence --index as rows of inputs, truth, prediction and |error|,
 above the temporal (alpha) and spatial (beta) attention weights of that
@@ -32,18 +32,18 @@ def picture_config():
   """configs/tiny.py's shrunk Moving MNIST, sized for a picture a CPU trains.
 
   One bundled digit on 32x32 frames (2 down/upsampling layers: an 8x8 hidden
-  grid), 4 frames in and 8 out, 2 STAU layers x 16 channels, tau = theta = 3;
-  2,000 steps of batch 8 with scheduled sampling down to 0 by step 1,000.
+  grid), 4 frames in and 8 out, 2 STAU layers x 32 channels, tau = theta = 3;
+  2,000 steps of batch 8 with scheduled sampling down to 0 by step 1,500.
   """
-  config = tiny.shrunk_mmnist(num_hidden=16, tau=3, image_size=(32, 32),
+  config = tiny.shrunk_mmnist(num_hidden=32, tau=3, image_size=(32, 32),
                               total_length=12, num_test_sequences=200)
   config.name = 'readme_picture'
   config.batch_size = 8
   config.eval_batch_size = 50
   config.num_train_steps = 2000
   config.lr_decay_start_step = 2000
-  config.sampling_changing_rate = 1e-3
-  config.sampling_stop_step = 1000
+  config.sampling_changing_rate = 1 / 1500
+  config.sampling_stop_step = 1500
   config.eval_every_steps = 2000
   config.checkpoint_every_steps = 500
   config.log_every_steps = 100
