@@ -22,8 +22,9 @@ _INLINE_CODE = re.compile(r'`[^`\n]*`')
 _LINK = re.compile(r'!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
 _HEADING = re.compile(r'^#{1,6}\s+(.+?)\s*#*\s*$', re.M)
 _CONFIG = re.compile(r'\bconfigs/\w+\.py\b')
+# A backticked repository path; placeholders (`configs/<name>.py`) are not.
 _REPO_PATH = re.compile(
-    r'`((?:configs|docs|launch|notebooks|stau_jax|tests|tools)/[^`\s]*)`')
+    r'`((?:configs|docs|launch|notebooks|stau_jax|tests|tools)/[^`\s<>]*)`')
 _MODULE = re.compile(r'python -m ((?:stau_jax|tools)(?:\.\w+)+)')
 
 
@@ -114,7 +115,7 @@ def test_the_checks_report_what_is_missing(tmp_path):
       '![picture](docs/picture.png) [bad anchor](docs/guide.md#no-part) '
       '[web](https://example.com/x.md) `[code](not/a/link.md)`\n'
       '```bash\npython -m stau_jax.gone --config=configs/real.py '
-      '--config=configs/fake.py\n```\n`tools/gone.py`\n')
+      '--config=configs/fake.py\n```\n`tools/gone.py` `configs/<name>.py`\n')
   assert broken_links('README.md', str(tmp_path)) == [
       'docs/gone.md: no such file', 'docs/picture.png: no such file',
       'docs/guide.md#no-part: no heading #no-part']
