@@ -1,14 +1,23 @@
-"""Tests for tools/: the authors'-model timer, the GPU side-by-side script, the street video."""
+"""Tests for tools/: the authors'-model timer, the GPU side-by-side script, the street video,
+the README's picture."""
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
 
+from configs import tiny
+from stau_jax import models
+from stau_jax import pictures
+from stau_jax import train
+from stau_jax import visualize
+from tests import runs
+from tools import readme_picture
 from tools import torch_reference_step
 from tools import walking_people
 
@@ -120,3 +129,61 @@ def test_walking_people_writes_frames_and_the_last_frames_as_clips(tmp_path):
   with pytest.raises(SystemExit):
     walking_people.main([f'--output={tmp_path}', '--num_frames=10',
                          '--clip_length=4', '--num_clips=3'])
+
+
+def test_readme_picture_config_is_a_valid_cpu_run():
+  config = readme_picture.picture_config()
+  train.validate_config(config, num_devices=1, process_count=1)
+  assert config.data.digits == 'bundled'  # offline
+  assert config.data.image_size == (32, 32) and config.model.num_layers == 2
+
+
+def test_readme_picture_is_the_strip_above_the_attention_maps():
+  config = tiny.get_config()
+  params = models.init_params(models.create_model(config), config,
+                              jax.random.PRNGKey(0))
+  frames = runs.test_arrays(config)[0]
+  image = readme_picture.draw(params, config, frames)
+  predictions = visualize.collect_attention(params, config,
+                                            frames)['predictions']
+  strip = pictures.frame_strip(frames[:4], frames[4:8], predictions,
+                               scale=4, labels=True)  # 16 -> 64 pixels
+  assert image.dtype == np.uint8 and image.shape[2] == 3
+  left = (image.shape[1] - strip.shape[1]) // 2
+  np.testing.assert_array_equal(
+      image[:strip.shape[0], left:left + strip.shape[1]],
+      np.repeat(strip, 3, axis=-1))
+  maps = image[strip.shape[0] + 8:]
+  assert maps.shape[0] > 100 and (maps < 255).any(axis=-1).mean() > 0.1
+
+
+def test_readme_picture_trains_draws_and_reuses_a_finished_run(tmp_path):
+  args = ('-m', 'tools.readme_picture', f'--config={runs.TINY_CONFIG}',
+          '--config.num_train_steps=2', '--config.eval_every_steps=2',
+          '--config.num_eval_batches=1', f'--workdir={tmp_path / "run"}',
+          f'--output={tmp_path / "picture.png"}', '--index=1')
+  first = runs.python(*args)
+  assert 'step 2/2' in first.stderr
+  assert f'Wrote {tmp_path / "picture.png"}' in first.stdout
+  picture = np.asarray(Image.open(tmp_path / 'picture.png'))
+  assert picture.ndim == 3 and picture.shape[2] == 3
+  again = runs.python(*args)
+  assert 'step 1/2' not in again.stderr  # nothing left to train
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(tmp_path / 'picture.png')), picture)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--output=picture.jpg'], 'must end with .png'),
+    (['--output=picture.png', '--index=32'], 'outside the 32 test sequences'),
+    ([], 'The folder of --output=docs/stau_prediction.png does not exist'),
+])
+def test_readme_picture_refuses_bad_flags_before_training(tmp_path, flags,
+                                                          message):
+  result = runs.python('-m', 'tools.readme_picture',
+                       f'--config={runs.TINY_CONFIG}',
+                       f'--workdir={tmp_path / "run"}', *flags, cwd=tmp_path,
+                       check=False)
+  assert result.returncode == 1 and message in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not os.path.exists(tmp_path / 'run')
