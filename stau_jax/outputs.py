@@ -29,6 +29,13 @@ def _fsync(path):
     os.fsync(f.fileno())
 
 
+def _new_file_mode():
+  """The mode `open(path, 'w')` gives a new file: 0666 less the umask."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path):
   """Yields a temporary path beside `path`; renames it onto `path` when the
@@ -47,6 +54,7 @@ def atomic_path(path):
     raise OutputError(f'Cannot create a file beside the output: {e.strerror}',
                       path, 'check that the folder exists and is writable') from e
   os.close(handle)
+  os.chmod(temporary, _new_file_mode())  # mkstemp's 0600 -> what open() gives
   try:
     yield temporary
     _fsync(temporary)

@@ -68,3 +68,13 @@ def test_good_output_paths_pass(tmp_path):
       suffixes={'picture': ('.png',)}, output=str(tmp_path / 'a.json'),
       picture=str(tmp_path / 'a.PNG'), gif=None)
   assert set(paths) == {'output', 'picture'}
+
+
+def test_written_file_has_the_mode_open_gives(tmp_path):
+  umask = os.umask(0o022)
+  try:
+    path = tmp_path / 'a.json'
+    outputs.write_text(str(path), '{}')
+    assert (path.stat().st_mode & 0o777) == 0o644
+  finally:
+    os.umask(umask)
