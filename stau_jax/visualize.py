@@ -1,19 +1,22 @@
-r"""What a model attends to, and the CLI that draws a model's predictions.
+r"""What a model records, and the CLI that draws a model's predictions.
 
-The attention weights and gates of one sequence (the paper's Figs. 6 and 7)
-as uint8 images (H, W, 3); strips, GIFs and metric curves come from
-pictures.py, which needs no model. The CLI:
+What a unit records while predicting one sequence (its `unit.Unit.records`:
+STAU's attention weights and gates, the paper's Figs. 6 and 7; the LSTM
+units' gates) as uint8 images (H, W, 3); strips, GIFs and metric curves come
+from pictures.py, which needs no model. The CLI:
 
   python -m stau_jax.visualize --export=stau_mmnist.export --input=clips.npy \
       --output=pictures [--index=0 --index=3]
   python -m stau_jax.visualize --export=my_videos.export --input=clip.mp4 \
       [--start=30] [--resize] --output=pictures
 
-writes strip.png (inputs | truth | prediction | |error| rows), animation.gif,
-attention.png and gates.png for each chosen sequence of IN (N, T, H, W[, C])
-or for the one sequence of a video file or frames folder (read as predict
-reads it, `predict.read_input`). IN needs total_length frames per sequence to
-show the truth; with several --index the names get a `seq<i>_` prefix.
+writes strip.png (inputs | truth | prediction | |error| rows) and
+animation.gif for each chosen sequence of IN (N, T, H, W[, C]) or for the one
+sequence of a video file or frames folder (read as predict reads it,
+`predict.read_input`), then attention.png (units that record attention
+weights) and gates.png (units that record gates). IN needs total_length
+frames per sequence to show the truth; with several --index the names get a
+`seq<i>_` prefix.
 """
 import functools
 import os
@@ -31,57 +34,18 @@ from stau_jax import outputs
 from stau_jax import pictures
 from stau_jax import predict
 
-GATES = ('F_T', 'F_S', 'U_T', 'U_S')
-
-
-def reorder_attention(alpha=None, beta=None):
-  """Attention weights from ring-slot order to time and layer order.
-
-  Args:
-    alpha: (T-1, L, tau, ...) temporal weights as the model collects them:
-      at time step t, entry s is ring slot s of the last tau steps.
-    beta: (T-1, L, theta, ...) spatial weights: at layer k, entry s is ring
-      slot s of layers j <= k (slot j % theta).
-
-  Returns:
-    (alpha, beta), oldest first: alpha[t, k, i] weighs step t - tau + i
-    (i = tau - 1: the previous step t - 1; steps < 0 are the zero initial
-    states), beta[t, k, i] weighs layer k - theta + 1 + i (i = theta - 1:
-    layer k itself) and is 0 where that layer would be < 0. None stays None.
-  """
-  if alpha is not None:
-    alpha = np.asarray(alpha)
-    tau = alpha.shape[2]
-    order = np.stack([models.ring_order(t - 1, tau)
-                      for t in range(alpha.shape[0])])
-    order = order.reshape(order.shape[:1] + (1, tau) + (1,) * (alpha.ndim - 3))
-    alpha = np.take_along_axis(alpha, order, axis=2)
-  if beta is not None:
-    beta = np.asarray(beta)
-    theta = beta.shape[2]
-    layers = np.arange(beta.shape[1])
-    order = np.stack([models.ring_order(k, theta) for k in layers])
-    extra = (1,) * (beta.ndim - 3)
-    beta = np.take_along_axis(beta, order.reshape((1,) + order.shape + extra),
-                              axis=2)
-    valid = layers[:, None] - theta + 1 + np.arange(theta) >= 0
-    beta = np.where(valid.reshape((1,) + valid.shape + extra), beta, 0)
-  return alpha, beta
-
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _predict_with_intermediates(model, params, observed, num_future):
+def _predict_with_records(model, params, observed, num_future):
   padding = jnp.zeros((observed.shape[0], num_future) + observed.shape[2:],
                       observed.dtype)
-  predictions, state = model.apply(
-      {'params': params}, jnp.concatenate([observed, padding], axis=1),
-      mutable=['intermediates'])
-  cell = state['intermediates']['unroll']['cells']['cell']
-  return predictions[:, -num_future:], {k: v[0] for k, v in cell.items()}
+  predictions, records = models.predict_with_records(
+      model, params, jnp.concatenate([observed, padding], axis=1))
+  return predictions[:, -num_future:], records
 
 
-def collect_attention(params, config, frames):
-  """Attention weights and gates of the model predicting one sequence.
+def collect_records(params, config, frames):
+  """What the model's unit records while predicting one sequence.
 
   Args:
     params: model parameters (e.g. from `export.load_export`).
@@ -90,25 +54,22 @@ def collect_attention(params, config, frames):
       in [0, 1]; the first input_length are observed (later ones ignored).
 
   Returns:
-    {'predictions': (T_out, H, W, C) clipped predictions, 'alpha': (T-1, L,
-    tau), 'beta': (T-1, L, theta) in time and layer order (see
-    `reorder_attention`), 'gates': {'F_T', 'F_S', 'U_T', 'U_S': (T-1, L, h,
-    w, C)}} with T = total_length; the steps of pure prediction. Variants
-    without temporal (spatial) attention have no alpha and F_T (beta, F_S).
+    {'predictions': (T_out, H, W, C) clipped predictions, 'records': {name:
+    (T-1, L, ...)} with T = total_length, 'declared': the unit's
+    `unit.Record`s (what each record is)}; see `models.predict_with_records`.
+    E.g. STAU's 'alpha' (T-1, L, tau), 'beta' (T-1, L, theta) and gates
+    'F_T', 'F_S', 'U_T', 'U_S' (T-1, L, h, w, C); ConvLSTM's 'i', 'f', 'g',
+    'o'.
   """
   observed = predict.prepare_inputs(np.asarray(frames)[None], config)
   num_future = config.data.total_length - config.data.input_length
-  predictions, cell = jax.device_get(_predict_with_intermediates(
-      models.create_model(config), params, observed, num_future))
-  alpha, beta = reorder_attention(cell.get('alpha'), cell.get('beta'))
-  result = {'predictions': np.clip(predictions[0], 0, 1),
-            'gates': {name: cell[name][:, :, 0] for name in GATES
-                      if name in cell}}
-  if alpha is not None:
-    result['alpha'] = alpha[..., 0]
-  if beta is not None:
-    result['beta'] = beta[..., 0]
-  return result
+  model = models.create_model(config)
+  predictions, records = jax.device_get(_predict_with_records(
+      model, params, observed, num_future))
+  return {'predictions': np.clip(predictions[0], 0, 1),
+          'records': {record.name: records[record.name][0]
+                      for record in model.records},
+          'declared': model.records}
 
 
 def _attention_panel(ax, weights, row_labels, title, input_length):
@@ -132,44 +93,48 @@ def _attention_panel(ax, weights, row_labels, title, input_length):
   return image
 
 
-def attention_maps(alpha=None, beta=None, input_length=None):
-  """Temporal (alpha) and spatial (beta) attention weights of one sequence.
+def _attention_rows(records, declared):
+  """The attention records as (name, kind, (T-1, L, entries) weights)."""
+  return [(record.name, record.kind, np.asarray(records[record.name]))
+          for record in declared if record.kind != 'map']
+
+
+def attention_maps(records, declared, input_length=None):
+  """The attention weights a unit records, for one sequence.
 
   Args:
-    alpha: (T-1, L, tau) in time order (`collect_attention`), or None.
-    beta: (T-1, L, theta) in layer order, or None.
+    records: {name: (T-1, L, entries)} (`collect_records`' 'records').
+    declared: the unit's `unit.Record`s (`collect_records`' 'declared'):
+      which records are weights over past steps or lower layers.
     input_length: draws a dashed line before the first step that is fed the
       model's own prediction.
 
   Returns:
-    uint8 (H, W, 3) image: a row of per-layer heatmaps for alpha (which of
-    the last tau steps each step attends to) and one for beta (which of the
-    last theta layers); grey marks layers that do not exist.
+    uint8 (H, W, 3) image: a row of per-layer heatmaps for each attention
+    record (e.g. STAU's alpha: which of the last tau steps each step attends
+    to; beta: which of the last theta layers); grey marks layers that do
+    not exist.
   """
-  rows = [w for w in (alpha, beta) if w is not None]
+  rows = _attention_rows(records, declared)
   if not rows:
-    raise ValueError('attention_maps needs alpha or beta.')
-  steps, num_layers = rows[0].shape[:2]
-  height = sum(1.2 + 0.3 * w.shape[2] for w in rows)
+    raise ValueError('attention_maps needs attention weights; this unit '
+                     'records none (its records are all maps).')
+  steps, num_layers = rows[0][2].shape[:2]
+  height = sum(1.2 + 0.3 * weights.shape[2] for *_, weights in rows)
   figure = pictures.new_figure(1.0 + num_layers * max(3.0, 0.45 * steps), height)
   axes = figure.subplots(len(rows), num_layers, squeeze=False)
-  row = 0
-  if alpha is not None:
-    tau = alpha.shape[2]
-    labels = [f't-{tau - i}' for i in range(tau)]
+  for row, (name, kind, weights) in enumerate(rows):
+    entries = weights.shape[2]
     for k in range(num_layers):
-      image = _attention_panel(axes[row, k], alpha[:, k], labels,
-                               f'alpha, layer {k}: last {tau} steps',
-                               input_length)
-    row += 1
-  if beta is not None:
-    theta = beta.shape[2]
-    for k in range(num_layers):
-      layers = k - theta + 1 + np.arange(theta)
-      weights = np.where(layers >= 0, beta[:, k], np.nan)
-      labels = [f'layer {j}' if j >= 0 else '-' for j in layers]
-      image = _attention_panel(axes[row, k], weights, labels,
-                               f'beta, layer {k}: last {theta} layers',
+      if kind == 'step_attention':
+        labels = [f't-{entries - i}' for i in range(entries)]
+        shown, title = weights[:, k], f'{name}, layer {k}: last {entries} steps'
+      else:
+        layers = k - entries + 1 + np.arange(entries)
+        labels = [f'layer {j}' if j >= 0 else '-' for j in layers]
+        shown = np.where(layers >= 0, weights[:, k], np.nan)
+        title = f'{name}, layer {k}: last {entries} layers'
+      image = _attention_panel(axes[row, k], shown, labels, title,
                                input_length)
   figure.colorbar(image, ax=axes, shrink=0.8, label='attention weight')
   if input_length is not None:
@@ -178,36 +143,58 @@ def attention_maps(alpha=None, beta=None, input_length=None):
   return pictures.render(figure)
 
 
-def gate_maps(gates, input_length=None):
-  """The four gates of one sequence, averaged over channels.
+def _map_rows(records, declared):
+  """(label, (T-1, h, w) maps scaled to [0, 1]) per map record and layer
+  that records it: the mean over channels (and any axes before h, w)."""
+  rows = []
+  for record in declared:
+    if record.kind != 'map':
+      continue
+    values = np.asarray(records[record.name], np.float32)
+    low, high = record.value_range
+    means = values.mean(axis=tuple(range(2, values.ndim - 3)) + (-1,))
+    label = record.name + ('' if (low, high) == (0, 1)
+                           else f' [{low:g}, {high:g}]')
+    for k in range(values.shape[1]):
+      if np.isfinite(means[:, k]).all():
+        rows.append((f'{label}\nlayer {k}', (means[:, k] - low) / (high - low)))
+  return rows
+
+
+def gate_maps(records, declared, input_length=None):
+  """The gates (map records) a unit records, for one sequence.
 
   Args:
-    gates: {name: (T-1, L, h, w, C)} (`collect_attention`'s 'gates').
+    records: {name: (T-1, L, ..., h, w, C)} (`collect_records`' 'records').
+    declared: the unit's `unit.Record`s: which records are maps, and the
+      range of each.
     input_length: marks the steps fed the model's own prediction ('t=5*').
 
   Returns:
-    uint8 (H, W, 3) image: one row per gate and layer, one column per time
-    step, each cell the channel mean of the gate (0 black .. 1 bright).
+    uint8 (H, W, 3) image: one row per map record and layer that records
+    it, one column per time step, each cell the channel mean, from the low
+    (black) to the high (bright) end of the record's range (a range other
+    than [0, 1] is in the row's label).
   """
-  names = [name for name in GATES if name in gates]
-  steps, num_layers = gates[names[0]].shape[:2]
-  figure = pictures.new_figure(1.8 + 0.75 * steps, 0.4 + 0.75 * len(names) * num_layers)
-  axes = figure.subplots(len(names) * num_layers, steps, squeeze=False)
-  for n, name in enumerate(names):
-    for k in range(num_layers):
-      row = n * num_layers + k
-      for t in range(steps):
-        ax = axes[row, t]
-        image = ax.imshow(gates[name][t, k].mean(-1), cmap='magma', vmin=0,
-                          vmax=1)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if row == 0:
-          fed_prediction = input_length is not None and t >= input_length
-          ax.set_title(f't={t}' + ('*' if fed_prediction else ''),
-                       fontsize=8)
-      axes[row, 0].set_ylabel(f'{name}\nlayer {k}', fontsize=8)
-  figure.colorbar(image, ax=axes, shrink=0.6, label='gate (channel mean)')
+  rows = _map_rows(records, declared)
+  if not rows:
+    raise ValueError('gate_maps needs gates; this unit records none (its '
+                     'records are all attention weights).')
+  steps = rows[0][1].shape[0]
+  figure = pictures.new_figure(1.8 + 0.75 * steps, 0.4 + 0.75 * len(rows))
+  axes = figure.subplots(len(rows), steps, squeeze=False)
+  for row, (label, maps) in enumerate(rows):
+    for t in range(steps):
+      ax = axes[row, t]
+      image = ax.imshow(maps[t], cmap='magma', vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if row == 0:
+        fed_prediction = input_length is not None and t >= input_length
+        ax.set_title(f't={t}' + ('*' if fed_prediction else ''), fontsize=8)
+    axes[row, 0].set_ylabel(label, fontsize=8)
+  figure.colorbar(image, ax=axes, shrink=0.6,
+                  label='channel mean (0: low, 1: high end of its range)')
   if input_length is not None:
     figure.suptitle('Gates per layer and time step (*: input is the '
                     "model's own prediction)", fontsize=9)
@@ -215,7 +202,8 @@ def gate_maps(gates, input_length=None):
 
 
 def write_pictures(params, config, frames, output_dir, prefix='', scale=None):
-  """Writes strip.png, animation.gif, attention.png and gates.png.
+  """Writes strip.png and animation.gif, then attention.png and gates.png
+  where the unit records attention weights and gates.
 
   Args:
     params: model parameters.
@@ -232,17 +220,21 @@ def write_pictures(params, config, frames, output_dir, prefix='', scale=None):
   input_length = config.data.input_length
   frames = np.asarray(frames, np.float32)[:config.data.total_length]
   scale = scale or pictures.auto_scale(frames.shape[1:3])
-  collected = collect_attention(params, config, frames)
+  collected = collect_records(params, config, frames)
   predictions = collected['predictions']
-  paths = [os.path.join(output_dir, prefix + name) for name in
-           ('strip.png', 'animation.gif', 'attention.png', 'gates.png')]
+  path = lambda name: os.path.join(output_dir, prefix + name)  # noqa: E731
+  paths = [path('strip.png'), path('animation.gif')]
   pictures.save_png(paths[0], pictures.frame_strip(
       frames[:input_length], frames[input_length:], predictions, scale=scale,
       labels=True))
   pictures.save_gif(paths[1], frames, predictions, input_length, scale=scale)
-  pictures.save_png(paths[2], attention_maps(
-      collected.get('alpha'), collected.get('beta'), input_length))
-  pictures.save_png(paths[3], gate_maps(collected['gates'], input_length))
+  records, declared = collected['records'], collected['declared']
+  kinds = {record.kind == 'map' for record in declared}
+  for name, maps, draw in (('attention.png', False, attention_maps),
+                           ('gates.png', True, gate_maps)):
+    if maps in kinds:
+      paths.append(path(name))
+      pictures.save_png(paths[-1], draw(records, declared, input_length))
   return paths
 
 

@@ -61,9 +61,11 @@ def test_vectors_cover_the_architectures_the_issue_lists():
 def test_converted_checkpoint_predicts_the_reference_outputs(path):
   config, state_dict, frames, mask, expected = load_vector(path)
   params = convert_torch.convert_state_dict(state_dict, config)
-  predictions = models.create_model(config).apply({'params': params}, frames,
-                                                  mask)
+  model = models.create_model(config)
+  predictions = model.apply({'params': params}, frames, mask)
   np.testing.assert_allclose(predictions, expected, rtol=0, atol=1e-4)
+  recorded, _ = models.predict_with_records(model, params, frames, mask)
+  np.testing.assert_allclose(recorded, expected, rtol=0, atol=1e-4)
 
 
 @pytest.fixture

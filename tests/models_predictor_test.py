@@ -7,6 +7,7 @@ import pytest
 from configs import mmnist
 from configs import tiny
 from stau_jax import models
+from stau_jax.models import unit
 from tests import perturb
 from tests import spec_reference
 
@@ -189,26 +190,54 @@ def test_rematerialized_cells_give_the_same_gradients(layer_loop, fast_compile):
       saved_all, recomputed)
 
 
-def test_intermediates_hold_attention_and_gates(tiny_model):
-  config, model, params = tiny_model
+def test_records_hold_attention_and_gates_oldest_first():
+  config = _config(tau=3, theta=2)
+  model = models.create_model(config)
+  params = _perturbed_params(config)
   frames = _frames(config)
-  predictions, state = model.apply({'params': params}, frames,
-                                   mutable=['intermediates'])
+  predictions, records = models.predict_with_records(model, params, frames)
   np.testing.assert_allclose(predictions,
                              model.apply({'params': params}, frames), atol=1e-5)
-  sown = state['intermediates']['unroll']['cells']['cell']
+  assert list(records) == ['alpha', 'beta', 'F_T', 'F_S', 'U_T', 'U_S']
   steps, layers = config.data.total_length - 1, config.model.num_layers
-  alpha, beta = sown['alpha'][0], sown['beta'][0]
-  assert alpha.shape == (steps, layers, config.model.tau, 2)
-  assert beta.shape == (steps, layers, config.model.theta, 2)
-  np.testing.assert_allclose(alpha.sum(axis=2), 1, rtol=1e-5)
-  # Layer 0 sees only its own input: one valid slot of theta.
-  np.testing.assert_array_equal(beta[:, 0, 0], 1)
-  np.testing.assert_array_equal(beta[:, 0, 1:], 0)
+  alpha, beta = records['alpha'], records['beta']
+  assert alpha.shape == (2, steps, layers, 3)
+  assert beta.shape == (2, steps, layers, 2)
+  np.testing.assert_allclose(alpha.sum(axis=-1), 1, rtol=1e-5)
+  # At step 1 entries 0, 1 weigh the zero initial states of steps -2, -1
+  # alike, entry 2 the state of step 0.
+  np.testing.assert_allclose(alpha[:, 1, :, 0], alpha[:, 1, :, 1], rtol=1e-6)
+  assert float(jnp.abs(alpha[:, 1, :, 2] - alpha[:, 1, :, 1]).min()) > 1e-4
+  # Layer 0 sees only its own input: the last of its theta entries.
+  np.testing.assert_array_equal(beta[:, :, 0], np.broadcast_to([0, 1], (2, 7, 2)))
   grid = config.data.image_size[0] // 2**config.model.num_downsample
   for gate in ('F_T', 'F_S', 'U_T', 'U_S'):
-    assert sown[gate][0].shape == (steps, layers, 2, grid, grid,
+    assert records[gate].shape == (2, steps, layers, grid, grid,
                                    config.model.num_hidden)
+
+
+@pytest.mark.parametrize('cell', models.CELLS)
+def test_every_unit_records_what_it_declares(cell):
+  config = _config(cell=cell, layer_loop='scan')
+  model = models.create_model(config)
+  params = _perturbed_params(config)
+  frames = _frames(config)
+  _, records = models.predict_with_records(model, params, frames)
+  assert set(records) == {record.name for record in model.records}
+  for record in model.records:
+    values = np.asarray(records[record.name])
+    assert values.shape[:3] == (2, config.data.total_length - 1,
+                                config.model.num_layers), record.name
+    recorded = values[np.isfinite(values)]
+    assert recorded.size, record.name
+    low, high = record.value_range
+    assert low <= recorded.min() and recorded.max() <= high, record.name
+    if record.kind != 'map':
+      np.testing.assert_allclose(values.sum(-1), 1, rtol=1e-5)
+  # Recording only on request: plain apply and training's keep nothing.
+  _, state = model.apply({'params': params}, frames,
+                         mutable=[unit.AUXILIARY])
+  assert unit.RECORDS not in state
 
 
 @pytest.mark.parametrize('cell, frontend', [('stau', 'stau'),
@@ -244,12 +273,6 @@ def test_patch_frontend_needs_no_downsampling_and_stau_needs_its_encoder():
     models.validate_model_config(_config(frontend='patch', num_downsample=0))
   with pytest.raises(ValueError, match='config.model.frontend'):
     models.validate_model_config(_config(frontend='unet'))
-
-
-def test_ring_order_lists_slots_oldest_first():
-  np.testing.assert_array_equal(models.ring_order(step=6, size=5),
-                                [2, 3, 4, 0, 1])  # steps 2..6 live there.
-  np.testing.assert_array_equal(models.ring_order(step=1, size=3), [2, 0, 1])
 
 
 def test_half_precision_is_close_to_float32(tiny_model):

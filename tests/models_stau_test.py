@@ -7,6 +7,7 @@ import pytest
 from configs import tiny
 from stau_jax import models
 from stau_jax.models import stau as cell_lib
+from stau_jax.models import unit
 from tests import perturb
 from tests import spec_reference
 
@@ -105,29 +106,45 @@ def test_attention_weights_use_sqrt_of_state_size():
                              rtol=1e-5)
 
 
-def test_cell_sows_attention_and_gates_only_on_request():
+def test_cell_records_attention_and_gates_only_on_request():
   module = _cell('stau')
   inputs = _random_inputs(seed=3)
   params = _perturbed_params(module, inputs)
   _, state = module.apply({'params': params}, **inputs,
-                          mutable=['intermediates'])
-  sown = {name: value[0] for name, value in state['intermediates'].items()}
-  assert sown['alpha'].shape == (TAU, B)
-  assert sown['beta'].shape == (THETA, B)
+                          mutable=[unit.RECORDS])
+  recorded = {name: value[0] for name, value in state[unit.RECORDS].items()}
+  assert set(recorded) == {r.name for r in cell_lib.records('stau')}
+  assert recorded['alpha'].shape == (B, TAU)
+  assert recorded['beta'].shape == (B, THETA)
   for gate in ('F_T', 'F_S', 'U_T', 'U_S'):
-    assert sown[gate].shape == (B, H, W, C)
-    assert float(sown[gate].min()) >= 0 and float(sown[gate].max()) <= 1
+    assert recorded[gate].shape == (B, H, W, C)
+    assert float(recorded[gate].min()) >= 0
+    assert float(recorded[gate].max()) <= 1
   _, state = module.apply({'params': params}, **inputs, mutable=[])
   assert not state
+  # In the given slot order.
+  _, state = module.apply({'params': params}, **inputs,
+                          history_order=jnp.array([2, 0, 1]),
+                          mutable=[unit.RECORDS])
+  np.testing.assert_array_equal(state[unit.RECORDS]['alpha'][0],
+                                recorded['alpha'][:, [2, 0, 1]])
 
 
-def test_mau_sows_no_spatial_attention():
+def test_mau_records_no_spatial_attention():
   module = _cell('mau')
   inputs = _random_inputs(seed=4)
   params = _perturbed_params(module, inputs)
   _, state = module.apply({'params': params}, **inputs,
-                          mutable=['intermediates'])
-  assert set(state['intermediates']) == {'alpha', 'F_T', 'U_T', 'U_S'}
+                          mutable=[unit.RECORDS])
+  assert set(state[unit.RECORDS]) == {'alpha', 'F_T', 'U_T', 'U_S'}
+  assert [r.name for r in cell_lib.records('mau')] == [
+      'alpha', 'F_T', 'U_T', 'U_S']
+
+
+def test_ring_order_lists_slots_oldest_first():
+  np.testing.assert_array_equal(cell_lib.ring_order(step=6, size=5),
+                                [2, 3, 4, 0, 1])  # steps 2..6 live there.
+  np.testing.assert_array_equal(cell_lib.ring_order(step=1, size=3), [2, 0, 1])
 
 
 @pytest.mark.parametrize('name, value, message', [

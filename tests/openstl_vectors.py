@@ -48,14 +48,18 @@ def reference_arrays(data):
 
 
 def check(path, atol=1e-4):
-  """Converts the vector's OpenSTL weights and compares the predictions and,
-  where the vector has one, the auxiliary training loss."""
+  """Converts the vector's OpenSTL weights and compares the predictions
+  (also while recording) and, where the vector has one, the auxiliary
+  training loss."""
   config, state_dict, frames, mask, expected = load(path)
   params = convert_torch.convert_state_dict(state_dict, config)
   model = models.create_model(config)
   predictions, auxiliary_loss = models.predict_with_auxiliary_loss(
       model, params, jnp.asarray(frames), jnp.asarray(mask))
   np.testing.assert_allclose(predictions, expected, atol=atol)
+  recorded, _ = models.predict_with_records(model, params, jnp.asarray(frames),
+                                            jnp.asarray(mask))
+  np.testing.assert_allclose(recorded, expected, atol=atol)
   data = np.load(path)
   if 'auxiliary_loss' in data.files:
     np.testing.assert_allclose(auxiliary_loss, data['auxiliary_loss'],

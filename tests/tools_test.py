@@ -144,8 +144,8 @@ def test_readme_picture_is_the_strip_above_the_attention_maps():
                               jax.random.PRNGKey(0))
   frames = runs.test_arrays(config)[0]
   image = readme_picture.draw(params, config, frames)
-  predictions = visualize.collect_attention(params, config,
-                                            frames)['predictions']
+  predictions = visualize.collect_records(params, config,
+                                          frames)['predictions']
   strip = pictures.frame_strip(frames[:4], frames[4:8], predictions,
                                scale=4, labels=True)  # 16 -> 64 pixels
   assert image.dtype == np.uint8 and image.shape[2] == 3

@@ -78,14 +78,14 @@ def draw(params, config, frames):
   """
   input_length = config.data.input_length
   frames = np.asarray(frames, np.float32)[:config.data.total_length]
-  collected = visualize.collect_attention(params, config, frames)
+  collected = visualize.collect_records(params, config, frames)
   scale = max(1, -(-64 // min(frames.shape[1:3])))
   strip = pictures.frame_strip(frames[:input_length], frames[input_length:],
                                collected['predictions'], scale=scale,
                                labels=True)
   strip = np.broadcast_to(strip, strip.shape[:2] + (3,))
-  maps = visualize.attention_maps(collected.get('alpha'),
-                                  collected.get('beta'), input_length)
+  maps = visualize.attention_maps(collected['records'],
+                                  collected['declared'], input_length)
   return _stack([strip, maps])
 
 

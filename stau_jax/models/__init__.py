@@ -5,7 +5,7 @@ from stau_jax.models.predictor import (Predictor, conv_factory,
                                        norm_factory, param_shapes,
                                        patch_frames,
                                        predict_with_auxiliary_loss,
-                                       ring_order,
+                                       predict_with_records,
                                        unpatch_frames, validate_model_config)
 from stau_jax.models import stau
 from stau_jax.models.registry import CELLS

@@ -10,6 +10,8 @@ convolutions with optional LayerNorm (`config.model.layer_norm`):
 
 OpenSTL's cell also defines conv_o and conv_last, which its forward pass
 never uses; they are not parameters here and are skipped on conversion.
+Records (RECORDS) the gates i, f, o and the candidate g after their
+nonlinearities.
 """
 import functools
 
@@ -20,6 +22,13 @@ from stau_jax.models import unit
 
 # OpenSTL parameters that its ConvLSTM never uses.
 UNUSED_TORCH_KEYS = r'cell_list\.\d+\.(conv_o|conv_last)\.'
+
+RECORDS = (
+    unit.Record('i', "input gate sigmoid(i): how much of g enters c"),
+    unit.Record('f', "forget gate sigmoid(f): how much of c is kept"),
+    unit.Record('g', 'candidate tanh(g) added to c', value_range=(-1.0, 1.0)),
+    unit.Record('o', "output gate sigmoid(o): how much of tanh(c') is h'"),
+)
 
 
 class ConvLSTMLayer(unit.BiasFreeConvModule):
@@ -43,8 +52,10 @@ class ConvLSTMLayer(unit.BiasFreeConvModule):
     gates = (conv(4 * self.num_hidden, name='conv_x')(inputs)
              + conv(4 * self.num_hidden, name='conv_h')(hidden))
     i, f, g, o = jnp.split(gates, 4, axis=-1)
-    cell = nn.sigmoid(f) * cell + nn.sigmoid(i) * jnp.tanh(g)
-    hidden = nn.sigmoid(o) * jnp.tanh(cell)
+    i, f, g, o = nn.sigmoid(i), nn.sigmoid(f), jnp.tanh(g), nn.sigmoid(o)
+    unit.record(self, i=i, f=f, g=g, o=o)
+    cell = f * cell + i * g
+    hidden = o * jnp.tanh(cell)
     return hidden, flow, (hidden, cell)
 
 

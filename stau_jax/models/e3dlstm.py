@@ -24,6 +24,9 @@ The layer passes h' up as (B, h, w, D*C), depth-major, and the 'patch'
 front-end's 1x1 readout on it is OpenSTL's Conv3d readout with kernel and
 stride (D, 1, 1) (convert_torch folds such Conv3d kernels into 2-D ones).
 
+The cell records (RECORDS) i, r, g, i_M, f_M, g_M and sigmoid(o), each
+(B, D, h, w, C).
+
 The eidetic attention Attn(r, C_hist) reads every cell state the layer
 has had: C_hist at step t = [c_{-1} = 0, c_0, ..., c_{t-1}], t + 1 states,
 the zero initial state included. OpenSTL concatenates them along the
@@ -68,6 +71,18 @@ FORGET_BIAS = 1.0
 _WINDOW_AXES = (-4, -3, -2, -1)
 # OpenSTL parameters its forward pass multiplies by the always-zero memory.
 UNUSED_TORCH_KEYS = r'cell_list\.\d+\.conv_gm\.(0\.conv3d|1)\.weight$'
+
+# Each (D, h, w, C): the window's D depths.
+RECORDS = (
+    unit.Record('i', 'input gate sigmoid(i_x + i_h) of c'),
+    unit.Record('r', 'recall gate sigmoid(r_x + r_h): the eidetic query'),
+    unit.Record('g', 'candidate tanh(g_x + g_h) of c', value_range=(-1.0, 1.0)),
+    unit.Record('i_M', "input gate sigmoid(i'_x + i_m) of the memory M"),
+    unit.Record('f_M', "forget gate sigmoid(f'_x + f_m + 1) of M"),
+    unit.Record('g_M', "candidate tanh(g'_x + g_m) of M",
+                value_range=(-1.0, 1.0)),
+    unit.Record('o', 'output gate sigmoid(o)'),
+)
 
 
 def flatten_window(x):
@@ -145,25 +160,30 @@ class Eidetic3DLSTMCell(unit.BiasFreeConvModule):
         conv(7 * c, name='conv_x')(window), 7, axis=-1)
     input_gate = nn.sigmoid(i_x + i_h)
     recall_gate = nn.sigmoid(r_x + r_h)
+    candidate = jnp.tanh(g_x + g_h)
     new_cell = cell + eidetic_attention(recall_gate, history, valid)
     new_cell = (self.norm(reduction_axes=_WINDOW_AXES,
                           feature_axes=_WINDOW_AXES, name='norm_c_t')(new_cell)
-                + input_gate * jnp.tanh(g_x + g_h))
+                + input_gate * candidate)
     if self.layer_norm:
       i_m, f_m, g_m, m_m = jnp.split(
           self.param('memory_bias', nn.initializers.zeros_init(),
                      cell.shape[1:-1] + (4 * c,)), 4, axis=-1)
     else:
       i_m = f_m = g_m = m_m = 0.0
-    memory = (nn.sigmoid(f_xm + f_m + FORGET_BIAS) * jnp.tanh(m_m)
-              + nn.sigmoid(i_xm + i_m) * jnp.tanh(g_xm + g_m))
-    output_gate = jnp.tanh(
+    memory_gates = dict(i_M=nn.sigmoid(i_xm + i_m),
+                        f_M=nn.sigmoid(f_xm + f_m + FORGET_BIAS),
+                        g_M=jnp.tanh(g_xm + g_m))
+    memory = (memory_gates['f_M'] * jnp.tanh(m_m)
+              + memory_gates['i_M'] * memory_gates['g_M'])
+    output_gate = nn.sigmoid(jnp.tanh(
         o_x + o_h + conv(c, name='conv_new_cell')(flatten_window(new_cell))
-        + conv(c, name='conv_new_gm')(flatten_window(memory)))
+        + conv(c, name='conv_new_gm')(flatten_window(memory))))
+    unit.record(self, i=input_gate, r=recall_gate, g=candidate,
+                **memory_gates, o=output_gate)
     both = jnp.concatenate([new_cell, memory], axis=-1)
     new_hidden = jnp.tanh(self.conv(c, (1, 1), use_bias=False,
-                                    name='conv_last')(both)) * nn.sigmoid(
-                                        output_gate)
+                                    name='conv_last')(both)) * output_gate
     return new_hidden, new_cell
 
 

@@ -55,6 +55,25 @@ FORGET_BIAS = 1.0
 # OpenSTL parameters that its MIM never uses.
 UNUSED_TORCH_KEYS = r'stlstm_layer_diff\.\d+\.conv_last\.'
 
+# Layer 0 records its ST-LSTM's gates (predrnn.RECORDS), the MIM blocks the
+# gates of their own update (their MIMS and MIMN record nothing).
+RECORDS = (
+    unit.Record('i', "input gate of c: sigmoid(i + i_h) (layer 0), "
+                "sigmoid(i_x + i_t) (MIM blocks)"),
+    unit.Record('f', "forget gate sigmoid(f + f_h + 1) of c (layer 0 only; "
+                "a MIM block's MIMS replaces it)"),
+    unit.Record('g', "candidate of c: tanh(g + g_h) (layer 0), "
+                "tanh(g_x + g_t) (MIM blocks)", value_range=(-1.0, 1.0)),
+    unit.Record('i_M', "input gate of the memory M: sigmoid(i' + i_m), "
+                "sigmoid(i_x + i_s)"),
+    unit.Record('f_M', "forget gate of M: sigmoid(f' + f_m + 1), "
+                "sigmoid(f_x + f_s + 1)"),
+    unit.Record('g_M', "candidate of M: tanh(g' + g_m), tanh(g_x + g_s)",
+                value_range=(-1.0, 1.0)),
+    unit.Record('o', "output gate: o (layer 0), sigmoid(o_x + o_t + o_s) "
+                "(MIM blocks)"),
+)
+
 
 class MIMS(unit.BiasFreeConvModule):
   """The MIMS/MIMN LSTM: (x, h, n) -> (h', n'), each (B, h, w, C)."""
@@ -139,12 +158,16 @@ class MIMLayer(unit.BiasFreeConvModule):
                               axis=-1)
     i_s, g_s, f_s, o_s = jnp.split(conv(4 * c, name='conv_s_cc')(memory), 4,
                                    axis=-1)
-    memory = (nn.sigmoid(f_x + f_s + FORGET_BIAS) * memory
-              + nn.sigmoid(i_x + i_s) * jnp.tanh(g_x + g_s))
+    gates = dict(i=nn.sigmoid(i_x + i_t), g=jnp.tanh(g_x + g_t),
+                 i_M=nn.sigmoid(i_x + i_s),
+                 f_M=nn.sigmoid(f_x + f_s + FORGET_BIAS),
+                 g_M=jnp.tanh(g_x + g_s), o=nn.sigmoid(o_x + o_t + o_s))
+    unit.record(self, **gates)
+    memory = gates['f_M'] * memory + gates['i_M'] * gates['g_M']
     cell, mims_cell = mims(name='mims')(diff_hidden, cell, mims_cell)
-    cell = cell + nn.sigmoid(i_x + i_t) * jnp.tanh(g_x + g_t)
+    cell = cell + gates['i'] * gates['g']
     both = jnp.concatenate([cell, memory], axis=-1)
-    hidden = nn.sigmoid(o_x + o_t + o_s) * jnp.tanh(
+    hidden = gates['o'] * jnp.tanh(
         self.conv(c, (1, 1), use_bias=False, name='conv_last')(both))
     return (hidden, (memory, diff_hidden),
             (hidden, cell, mims_cell, diff_hidden, diff_cell))

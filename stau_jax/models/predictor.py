@@ -10,16 +10,15 @@ unrolled by default for speed, see `resolve_layer_loop`; the parameters are
 the same either way). Everything a unit carries through time (e.g. STAU's
 ring buffers) lives in fixed-size arrays in the time scan's carry.
 
-Collected on request (`mutable=['intermediates']`), for STAU: alpha
-(T-1, L, tau, B), beta (T-1, L, theta, B) and the gates F_T, F_S, U_T, U_S
-(T-1, L, B, h, w, C), in ring-slot order (see `ring_order`).
-
-A unit's auxiliary training loss (unit.py) comes with the predictions from
-`predict_with_auxiliary_loss`.
+What the unit records (its `unit.Unit.records`, e.g. STAU's attention
+weights and gates, an LSTM's gates) comes with the predictions, by name,
+from `predict_with_records`; a unit's auxiliary training loss (unit.py) from
+`predict_with_auxiliary_loss`. Neither is computed otherwise.
 """
 import functools
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 from jax.ad_checkpoint import checkpoint_name
@@ -80,16 +79,6 @@ def unpatch_frames(patches, patch_size):
   x = patches.reshape(*lead, h, w, p, p, depth // (p * p))
   x = jnp.swapaxes(x, -4, -3)
   return x.reshape(*lead, h * p, w * p, depth // (p * p))
-
-
-def ring_order(step, size):
-  """Ring slots from oldest to newest after `step` + 1 writes at `step % size`.
-
-  Index attention weights or buffers with it to get them in time (or layer)
-  order: e.g. `alpha[t][:, ring_order(t - 1, tau)]` lists alpha for steps
-  t-tau .. t-1.
-  """
-  return np.arange(step + 1, step + 1 + size) % size
 
 
 def conv_factory(dtype=jnp.float32, conv_impl='auto'):
@@ -158,7 +147,7 @@ class _TimeStep(nn.Module):
     if resolve_remat(self.remat) == 'cells':
       body = nn.remat(body, policy=_SAVE_CONV_OUTPUTS)
     unrolled = resolve_layer_loop(self.layer_loop) == 'unrolled'
-    scan = nn.scan(body, variable_axes={'params': 0, 'intermediates': 0,
+    scan = nn.scan(body, variable_axes={'params': 0, unit.RECORDS: 0,
                                         unit.AUXILIARY: 0},
                    split_rngs={'params': True},
                    in_axes=(0, nn.broadcast, nn.broadcast),
@@ -214,6 +203,7 @@ class Predictor(nn.Module):
     input_length: frames always observed.
     auxiliary_loss: the unit's auxiliary loss module factory, or None
       (unit.Unit.auxiliary_loss); its parameters are 'auxiliary_loss'.
+    records: what the unit's layers record (unit.Unit.records).
   """
   groups: tuple[unit.LayerGroup, ...]
   encoder: Callable[..., nn.Module]
@@ -226,6 +216,7 @@ class Predictor(nn.Module):
   layer_loop: str = 'auto'
   remat: str = 'auto'
   auxiliary_loss: Callable[..., nn.Module] | None = None
+  records: tuple[unit.Record, ...] = ()
 
   @nn.compact
   def __call__(self, frames, sampling_mask=None, return_hidden=False):
@@ -293,7 +284,7 @@ class Predictor(nn.Module):
                    jnp.arange(length - 1))
     unroll = nn.scan(
         _TimeStep, variable_broadcast='params',
-        variable_axes={'intermediates': 0, unit.AUXILIARY: 0},
+        variable_axes={unit.RECORDS: 0, unit.AUXILIARY: 0},
         split_rngs={'params': False},
         length=length - 1)(
             self.groups, self.encoder, self.decoder, return_hidden,
@@ -394,7 +385,8 @@ def create_model(config, dtype=jnp.float32):
       groups=groups, encoder=encoder, decoder=decoder, in_features=in_features,
       patch_size=model.patch_size, num_downsample=model.num_downsample,
       input_length=config.data.input_length, dtype=dtype,
-      layer_loop=model.layer_loop, remat=model.remat, auxiliary_loss=auxiliary_loss)
+      layer_loop=model.layer_loop, remat=model.remat,
+      auxiliary_loss=auxiliary_loss, records=entry.records)
 
 
 def predict_with_auxiliary_loss(model, params, frames, sampling_mask=None):
@@ -409,6 +401,50 @@ def predict_with_auxiliary_loss(model, params, frames, sampling_mask=None):
   predictions, sown = model.apply({'params': params}, frames, sampling_mask,
                                   mutable=[unit.AUXILIARY])
   return predictions, sown[unit.AUXILIARY]['loss'][0]
+
+
+def predict_with_records(model, params, frames, sampling_mask=None):
+  """(predictions, records): what the unit records while predicting.
+
+  Args as `model.apply`. `records` is {name: (B, T-1, L, ...)} for each of
+  the unit's `model.records` (unit.Record: what each is and its shape per
+  sample), over the T-1 steps and all L layers, bottom
+  first; NaN at layers that do not record that name. The predictions are
+  those of `model.apply`.
+  """
+  predictions, state = model.apply({'params': params}, frames, sampling_mask,
+                                   mutable=[unit.RECORDS])
+  recorded = state.get(unit.RECORDS, {}).get('unroll', {})
+  per_group = [_group_records(recorded.get(group.name, {}), group.name)
+               for group in model.groups]
+  names = {name for group in per_group for name in group}
+  declared = [record.name for record in model.records]
+  if names != set(declared):
+    raise AssertionError(
+        f'The unit records {sorted(names)} but declares {declared} '
+        f'(unit.Unit.records): a bug in the unit.')
+  records = {}
+  for name in declared:
+    like = next(values[name] for values in per_group if name in values)
+    stacked = jnp.concatenate(
+        [values.get(name, jnp.full(
+            like.shape[:1] + (group.count,) + like.shape[2:], jnp.nan,
+            like.dtype)) for values, group in zip(per_group, model.groups)],
+        axis=1)
+    records[name] = jnp.moveaxis(stacked, 2, 0)  # (T-1, L, B, ...) -> B first
+  return predictions, records
+
+
+def _group_records(tree, group_name):
+  """{name: (T-1, layers, B, ...)} from one layer group's RECORDS tree."""
+  records = {}
+  for path, sown in flax.traverse_util.flatten_dict(tree).items():
+    name = path[-1]
+    if name in records or len(sown) != 1:
+      raise AssertionError(f'A layer of {group_name!r} records {name!r} '
+                           f'more than once: a bug in the unit.')
+    records[name] = sown[0]
+  return records
 
 
 def param_shapes(config):

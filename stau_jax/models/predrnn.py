@@ -13,6 +13,9 @@ zigzag); passes h up. Bias-free convolutions with optional LayerNorm
   M' = sigmoid(f' + f_m + 1) * M + sigmoid(i' + i_m) * tanh(g' + g_m)
   o = sigmoid(o_x + o_h + conv_o([c', M']))
   h' = o * tanh(conv_last([c', M']))      (conv_last: 1x1, no LayerNorm)
+
+The cell records (RECORDS) its gates after their nonlinearities: i, f, g of
+c, i_M, f_M, g_M of M, and o.
 """
 import functools
 
@@ -22,6 +25,18 @@ import jax.numpy as jnp
 from stau_jax.models import unit
 
 FORGET_BIAS = 1.0
+
+# What an ST-LSTM records (PredRNN, PredRNN-v2, MotionRNN; MIM's bottom layer).
+RECORDS = (
+    unit.Record('i', "input gate sigmoid(i + i_h) of c"),
+    unit.Record('f', "forget gate sigmoid(f + f_h + 1) of c"),
+    unit.Record('g', "candidate tanh(g + g_h) of c", value_range=(-1.0, 1.0)),
+    unit.Record('i_M', "input gate sigmoid(i' + i_m) of the memory M"),
+    unit.Record('f_M', "forget gate sigmoid(f' + f_m + 1) of M"),
+    unit.Record('g_M', "candidate tanh(g' + g_m) of M",
+                value_range=(-1.0, 1.0)),
+    unit.Record('o', "output gate o"),
+)
 
 
 class SpatioTemporalLSTMCell(unit.BiasFreeConvModule):
@@ -42,12 +57,19 @@ class SpatioTemporalLSTMCell(unit.BiasFreeConvModule):
     i_h, f_h, g_h, o_h = jnp.split(conv(4 * c, name='conv_h')(hidden), 4,
                                    axis=-1)
     i_m, f_m, g_m = jnp.split(conv(3 * c, name='conv_m')(memory), 3, axis=-1)
-    delta_cell = nn.sigmoid(i_x + i_h) * jnp.tanh(g_x + g_h)
-    new_cell = nn.sigmoid(f_x + f_h + FORGET_BIAS) * cell + delta_cell
-    delta_memory = nn.sigmoid(i_xm + i_m) * jnp.tanh(g_xm + g_m)
-    new_memory = nn.sigmoid(f_xm + f_m + FORGET_BIAS) * memory + delta_memory
+    gates = dict(i=nn.sigmoid(i_x + i_h),
+                 f=nn.sigmoid(f_x + f_h + FORGET_BIAS),
+                 g=jnp.tanh(g_x + g_h),
+                 i_M=nn.sigmoid(i_xm + i_m),
+                 f_M=nn.sigmoid(f_xm + f_m + FORGET_BIAS),
+                 g_M=jnp.tanh(g_xm + g_m))
+    delta_cell = gates['i'] * gates['g']
+    new_cell = gates['f'] * cell + delta_cell
+    delta_memory = gates['i_M'] * gates['g_M']
+    new_memory = gates['f_M'] * memory + delta_memory
     both = jnp.concatenate([new_cell, new_memory], axis=-1)
     output_gate = nn.sigmoid(o_x + o_h + conv(c, name='conv_o')(both))
+    unit.record(self, **gates, o=output_gate)
     new_hidden = output_gate * jnp.tanh(
         self.conv(c, (1, 1), use_bias=False, name='conv_last')(both))
     if highway is not None:

@@ -25,6 +25,9 @@ and z', not h', goes to layer 1: the bottom layer's outputs (and its hidden
 state under `Predictor(return_hidden=True)`) are z'. The bottom layer's
 state is (h, c, z), the others' (h, c). PredRNN++ needs num_layers >= 2.
 
+Records (RECORDS): the Causal LSTM's gates after their nonlinearities
+(i, f, g of c; i_M, f_M, g_M of M; o) and, in layer 0, the GHU's u.
+
 Reference quirks and what we do:
   * OpenSTL's cell defines conv_o, which its forward pass never uses: not a
     parameter here, skipped on conversion.
@@ -50,6 +53,20 @@ GHU_INIT_SCALE = 0.001
 # OpenSTL parameters that its PredRNN++ never uses.
 UNUSED_TORCH_KEYS = r'cell_list\.\d+\.conv_o\.'
 
+RECORDS = (
+    unit.Record('i', "input gate sigmoid(i + i_h + i_c) of c"),
+    unit.Record('f', "forget gate sigmoid(f + f_h + f_c + 1) of c"),
+    unit.Record('g', "candidate tanh(g + g_h + g_c) of c",
+                value_range=(-1.0, 1.0)),
+    unit.Record('i_M', "input gate sigmoid(i' + i_m + i_cm) of the memory M"),
+    unit.Record('f_M', "forget gate sigmoid(f' + f_m + f_cm + 1) of M"),
+    unit.Record('g_M', "candidate tanh(g' + g_cm) of M",
+                value_range=(-1.0, 1.0)),
+    unit.Record('o', 'output gate o (tanh)', value_range=(-1.0, 1.0)),
+    unit.Record('u', "the Gradient Highway Unit's gate sigmoid(u): how much "
+                "of tanh(p) replaces z (layer 0 only)"),
+)
+
 
 class CausalLSTMCell(unit.BiasFreeConvModule):
   """Causal LSTM update: (x, h, c, M) -> (h', c', M')."""
@@ -64,14 +81,20 @@ class CausalLSTMCell(unit.BiasFreeConvModule):
                                    axis=-1)
     i_c, f_c, g_c = jnp.split(conv(3 * c, name='conv_c')(cell), 3, axis=-1)
     i_m, f_m, m_m = jnp.split(conv(3 * c, name='conv_m')(memory), 3, axis=-1)
-    new_cell = (nn.sigmoid(f_x + f_h + f_c + FORGET_BIAS) * cell
-                + nn.sigmoid(i_x + i_h + i_c) * jnp.tanh(g_x + g_h + g_c))
+    cell_gates = dict(i=nn.sigmoid(i_x + i_h + i_c),
+                      f=nn.sigmoid(f_x + f_h + f_c + FORGET_BIAS),
+                      g=jnp.tanh(g_x + g_h + g_c))
+    new_cell = cell_gates['f'] * cell + cell_gates['i'] * cell_gates['g']
     i_cm, g_cm, f_cm, o_c = jnp.split(conv(4 * c, name='conv_c2m')(new_cell),
                                       4, axis=-1)
-    new_memory = (nn.sigmoid(f_xm + f_m + f_cm + FORGET_BIAS) * jnp.tanh(m_m)
-                  + nn.sigmoid(i_xm + i_m + i_cm) * jnp.tanh(g_xm + g_cm))
+    memory_gates = dict(i_M=nn.sigmoid(i_xm + i_m + i_cm),
+                        f_M=nn.sigmoid(f_xm + f_m + f_cm + FORGET_BIAS),
+                        g_M=jnp.tanh(g_xm + g_cm))
+    new_memory = (memory_gates['f_M'] * jnp.tanh(m_m)
+                  + memory_gates['i_M'] * memory_gates['g_M'])
     output_gate = jnp.tanh(o_x + o_h + o_c
                            + conv(c, name='conv_om')(new_memory))
+    unit.record(self, **cell_gates, **memory_gates, o=output_gate)
     both = jnp.concatenate([new_cell, new_memory], axis=-1)
     new_hidden = output_gate * jnp.tanh(
         self.conv(c, (1, 1), use_bias=False, name='conv_last')(both))
@@ -94,6 +117,7 @@ class GradientHighwayUnit(unit.BiasFreeConvModule):
              + conv(2 * self.num_hidden, name='z_concat')(highway))
     p, u = jnp.split(gates, 2, axis=-1)
     update = nn.sigmoid(u)
+    unit.record(self, u=update)
     return update * jnp.tanh(p) + (1 - update) * highway
 
 

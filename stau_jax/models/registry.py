@@ -1,7 +1,8 @@
 """The predictive units by `config.model.cell` name.
 
-Each entry is a `unit.Unit`: the unit module's `layer_groups` and how its
-parameters are named in its PyTorch reference (see unit.py). Adding a unit
+Each entry is a `unit.Unit`: the unit module's `layer_groups`, how its
+parameters are named in its PyTorch reference and what its layers record
+(see unit.py). Adding a unit
 is one new module and one line here.
 """
 from stau_jax.models import convlstm
@@ -16,18 +17,25 @@ from stau_jax.models import unit
 
 UNITS = {
     **{name: unit.Unit(stau.layer_groups, unit.torch_key,
-                       stau.UNUSED_TORCH_KEYS) for name in stau.CELLS},
+                       stau.UNUSED_TORCH_KEYS, records=stau.records(name))
+       for name in stau.CELLS},
     'convlstm': unit.Unit(convlstm.layer_groups, unit.torch_key,
-                          convlstm.UNUSED_TORCH_KEYS),
-    'predrnn': unit.Unit(predrnn.layer_groups, unit.torch_key),
+                          convlstm.UNUSED_TORCH_KEYS,
+                          records=convlstm.RECORDS),
+    'predrnn': unit.Unit(predrnn.layer_groups, unit.torch_key,
+                         records=predrnn.RECORDS),
     'predrnnpp': unit.Unit(predrnnpp.layer_groups, predrnnpp.torch_key,
-                           predrnnpp.UNUSED_TORCH_KEYS),
-    'mim': unit.Unit(mim.layer_groups, mim.torch_key, mim.UNUSED_TORCH_KEYS),
+                           predrnnpp.UNUSED_TORCH_KEYS,
+                           records=predrnnpp.RECORDS),
+    'mim': unit.Unit(mim.layer_groups, mim.torch_key, mim.UNUSED_TORCH_KEYS,
+                     records=mim.RECORDS),
     'e3dlstm': unit.Unit(e3dlstm.layer_groups, e3dlstm.torch_key,
-                         e3dlstm.UNUSED_TORCH_KEYS),
+                         e3dlstm.UNUSED_TORCH_KEYS, records=e3dlstm.RECORDS),
     'predrnnv2': unit.Unit(predrnnv2.layer_groups, unit.torch_key,
-                           auxiliary_loss=predrnnv2.decoupling_loss),
-    'motiongru': unit.Unit(motiongru.layer_groups, motiongru.torch_key),
+                           auxiliary_loss=predrnnv2.decoupling_loss,
+                           records=predrnn.RECORDS),
+    'motiongru': unit.Unit(motiongru.layer_groups, motiongru.torch_key,
+                           records=predrnn.RECORDS),
 }
 CELLS = tuple(UNITS)
 

@@ -76,6 +76,21 @@ def attention_weights(keys, query, valid=None):
   return jax.nn.softmax(scores, axis=0)
 
 
+def ring_order(step, size):
+  """Ring slots from oldest to newest after `step` + 1 writes at `step % size`.
+
+  E.g. at time step t the temporal history's slots ring_order(t - 1, tau)
+  hold steps t-tau .. t-1; at layer k the lower-layer stacks' slots
+  ring_order(k, theta) hold layers k-theta+1 .. k. `step` may be traced.
+  """
+  return (step + 1 + jnp.arange(size)) % size
+
+
+def _in_order(weights, order):
+  """(N, B) attention weights -> (B, N), entries in `order` (None: as is)."""
+  return (weights if order is None else weights[order]).T
+
+
 def attend(weights, values):
   """Weighted sum over entries: (N, B) weights, (N, B, h, w, C) -> (B, h, w, C)."""
   return jnp.einsum('nb,nbhwc->bhwc', weights.astype(values.dtype), values)
@@ -100,7 +115,8 @@ class STAUCell(nn.Module):
 
   @nn.compact
   def __call__(self, temporal, spatial, temporal_history, spatial_history,
-               lower_temporal, lower_spatial, lower_valid=None):
+               lower_temporal, lower_spatial, lower_valid=None,
+               history_order=None, lower_order=None):
     """Runs the cell.
 
     Args:
@@ -112,6 +128,9 @@ class STAUCell(nn.Module):
       lower_spatial: s_spatial, (theta, B, h, w, C): S_t^{j-1}, j <= k.
       lower_valid: optional (theta,) bool marking filled slots of the two
         lower-layer stacks; empty slots are masked out of beta's softmax.
+      history_order, lower_order: optional (tau,) and (theta,) slot indices,
+        oldest (lowest) first, the order alpha and beta are recorded in
+        (default: slot order).
 
     Returns:
       (T_t^k, S_t^k), each (B, h, w, C).
@@ -127,9 +146,9 @@ class STAUCell(nn.Module):
         alpha = attention_weights(spatial_history, spatial_query)
       else:
         alpha = attention_weights(temporal_history, temporal_query)
-      self.sow('intermediates', 'alpha', alpha)
       temporal_gate = nn.sigmoid(temporal_query)
-      self.sow('intermediates', 'F_T', temporal_gate)
+      unit.record(self, alpha=_in_order(alpha, history_order),
+                  F_T=temporal_gate)
       temporal_trend = attend(alpha, temporal_history)
       temporal_fused = (temporal_gate * temporal
                         + (1 - temporal_gate) * temporal_trend)
@@ -141,9 +160,8 @@ class STAUCell(nn.Module):
         beta = attention_weights(lower_temporal, temporal_query, lower_valid)
       else:
         beta = attention_weights(lower_spatial, spatial_query, lower_valid)
-      self.sow('intermediates', 'beta', beta)
       spatial_gate = nn.sigmoid(spatial_query)
-      self.sow('intermediates', 'F_S', spatial_gate)
+      unit.record(self, beta=_in_order(beta, lower_order), F_S=spatial_gate)
       spatial_trend = attend(beta, lower_spatial)
       spatial_fused = spatial_gate * spatial + (1 - spatial_gate) * spatial_trend
     else:
@@ -161,8 +179,7 @@ class STAUCell(nn.Module):
                    + (1 - spatial_update) * t_to_spatial)
     if self.residual:
       new_spatial = new_spatial + spatial
-    self.sow('intermediates', 'U_T', temporal_update)
-    self.sow('intermediates', 'U_S', spatial_update)
+    unit.record(self, U_T=temporal_update, U_S=spatial_update)
     return new_temporal, new_spatial
 
 
@@ -209,12 +226,44 @@ class STAULayer(nn.Module):
         self.num_hidden, self.filter_size, self.variant, self.residual,
         self.conv, self.norm, name='cell')(
             temporal, spatial, temporal_history, spatial_history,
-            lower_temporal, lower_spatial, lower_valid)
+            lower_temporal, lower_spatial, lower_valid,
+            history_order=ring_order(step - 1, self.tau),
+            lower_order=ring_order(layer, self.theta))
     time_slot = step % self.tau
     temporal_history = temporal_history.at[time_slot].set(new_temporal)
     spatial_history = spatial_history.at[time_slot].set(spatial)
     return (new_spatial, (lower_temporal, lower_spatial),
             (new_temporal, temporal_history, spatial_history))
+
+
+# What STAU records, and the attention a variant needs to record it (None:
+# every variant records it).
+_RECORDS = (
+    ('temporal_attention', unit.Record(
+        'alpha', 'temporal attention weights over the last tau steps (TAM)',
+        'step_attention')),
+    ('spatial_attention', unit.Record(
+        'beta', 'spatial attention weights over the last theta layers (SAM)',
+        'layer_attention')),
+    ('temporal_attention', unit.Record(
+        'F_T', 'temporal fusion gate: how much of T_{t-1} is kept against '
+        'the attended trend')),
+    ('spatial_attention', unit.Record(
+        'F_S', 'spatial fusion gate: how much of the input S is kept '
+        'against the attended lower layers')),
+    (None, unit.Record('U_T', 'temporal update gate: mixes the two streams '
+                       'into T')),
+    (None, unit.Record('U_S', 'spatial update gate: mixes the two streams '
+                       'into S')),
+)
+
+
+def records(cell):
+  """What the STAU variant `cell` records (unit.Record): the attention
+  weights and fusion gates of the attentions it has, and its update gates."""
+  variant = VARIANTS[cell]
+  return tuple(record for needs, record in _RECORDS
+               if needs is None or getattr(variant, needs))
 
 
 def layer_groups(model, conv, norm):

@@ -46,6 +46,16 @@ into the AUXILIARY collection; the scans stack it over layers and steps,
 and the predictor applies the loss module, whose parameters are shared by
 all layers (e.g. one adapter conv), to the stack. Layers sow only while
 AUXILIARY is mutable (training and init), so inference pays nothing.
+
+What a unit records for pictures and analysis (attention weights, gates)
+it declares in its `Unit`'s `records` (`Record`s) and its layers record
+with `record(self, name=value)`, each value (B, ...) for one layer at one
+step: batch first, names unique within a layer. They are recorded only on
+request (`predictor.predict_with_records`, which makes RECORDS mutable):
+training and plain `apply` record nothing. The predictor returns them by
+name, stacked over steps and all layers; a layer that does not record a
+name the unit declares (e.g. MIM's bottom layer, another cell) gets NaN
+there.
 """
 import functools
 from typing import Any, Callable, NamedTuple
@@ -55,6 +65,36 @@ import jax.numpy as jnp
 
 # The collection layers sow their auxiliary loss terms into (see above).
 AUXILIARY = 'auxiliary'
+# The collection layers record into (see above).
+RECORDS = 'records'
+# What a record is, per sample, at one layer and step (Record.kind).
+RECORD_KINDS = ('step_attention', 'layer_attention', 'map')
+
+
+class Record(NamedTuple):
+  """One thing a unit records per sample, layer and time step.
+
+  name: its key in `predictor.predict_with_records`' result.
+  meaning: what it is, in words (and which layers record it, if not all).
+  kind: 'step_attention': (tau,) softmax weights over the last tau time
+    steps, oldest first (entry i weighs step t - tau + i; steps < 0 are
+    the zero initial states). 'layer_attention': (theta,) weights over the
+    last theta layers, lowest first (entry i weighs layer k - theta + 1 + i,
+    0 where that layer would be < 0). 'map': (..., h, w, C) on the hidden
+    grid, e.g. a gate.
+  value_range: (low, high) that its values lie in.
+  """
+  name: str
+  meaning: str
+  kind: str = 'map'
+  value_range: tuple[float, float] = (0.0, 1.0)
+
+
+def record(module, **values):
+  """Records each value (B, ...) under its name into RECORDS, when it is
+  mutable (predictor.predict_with_records); otherwise does nothing."""
+  for name, value in values.items():
+    module.sow(RECORDS, name, value)
 
 
 class Unit(NamedTuple):
@@ -72,11 +112,13 @@ class Unit(NamedTuple):
     sown values}, each leaf stacked to (T-1, L, ...) over steps and all
     layers, bottom first. Its parameters are named as the reference
     model's top-level attributes (convert_torch).
+  records: the `Record`s its layers record, in the order pictures show them.
   """
   layer_groups: Callable[..., tuple['LayerGroup', ...]]
   torch_key: Callable[[tuple[str, ...], int], str]
   unused_torch_keys: str = r'$^'
   auxiliary_loss: Callable[..., Callable[..., nn.Module]] | None = None
+  records: tuple[Record, ...] = ()
 
 
 class LayerGroup(NamedTuple):
