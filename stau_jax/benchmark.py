@@ -19,6 +19,7 @@ analysis), samples_per_s, device, params, and the shapes timed.
 (Perfetto/TensorBoard format) for finding where the time goes.
 """
 import json
+import os
 import resource
 import time
 
@@ -26,12 +27,14 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 import optax
 
 from stau_jax import cli
+from stau_jax import data
 from stau_jax import ops
+from stau_jax import outputs
+from stau_jax import train
 from stau_jax.models import predictor
 
 FLAGS = flags.FLAGS
@@ -98,13 +101,31 @@ def _peak_device_mb(device):
   return round(stats['peak_bytes_in_use'] / 2**20, 1)
 
 
+def validate(config, profile_dir=None):
+  """Raises ValueError (OutputError for `profile_dir`) naming the first
+  setting `run` cannot time, before any compilation."""
+  predictor.validate_model_config(config)
+  data.validate_batch_size(config, 'batch_size')
+  train.validate_numbers(config)
+  if profile_dir:
+    try:
+      os.makedirs(profile_dir, exist_ok=True)
+    except OSError as e:
+      raise outputs.OutputError(f'Cannot create --profile_dir: {e.strerror}',
+                                profile_dir, 'choose a writable folder') from e
+    if not os.access(profile_dir, os.W_OK):
+      raise outputs.OutputError('--profile_dir is not writable', profile_dir,
+                                'choose a writable folder')
+
+
 def run(config, steps=5, profile_dir=None):
   """Builds the configured model, times it and returns the results dict.
 
   With `profile_dir`, three more training steps run under `jax.profiler`
-  and their trace is written there.
+  and their trace is written there. The config is checked first
+  (`validate`).
   """
-  predictor.validate_model_config(config)
+  validate(config, profile_dir)
   compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   model = predictor.create_model(config, dtype=compute_dtype)
   rng = jax.random.PRNGKey(config.seed)
@@ -164,7 +185,7 @@ def run(config, steps=5, profile_dir=None):
 
 def define_flags():
   """Defines the CLI flags (only when run as a program, so CLIs can share a process)."""
-  config_flags.DEFINE_config_file(
+  cli.define_config_file(
       'config', 'configs/mmnist.py', 'Config file (model and data shape).')
   flags.DEFINE_integer('steps', 5, 'Timed calls of each function.',
                        lower_bound=1)

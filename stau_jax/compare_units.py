@@ -18,7 +18,6 @@ import math
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from stau_jax import benchmark
 from stau_jax import cli
@@ -42,12 +41,14 @@ PAPER_TABLE_6 = {
 
 def compare(config, cells, samples, steps=3):
   """{cell: benchmark results + inference_s} for every unit in `cells`."""
-  results = {}
+  unit_configs = {}
   for cell in cells:
     registry.get(cell)
-  for cell in cells:
-    unit_config = config.copy_and_resolve_references()
-    unit_config.model.cell = cell
+    unit_configs[cell] = config.copy_and_resolve_references()
+    unit_configs[cell].model.cell = cell
+    benchmark.validate(unit_configs[cell])  # every unit before any timing
+  results = {}
+  for cell, unit_config in unit_configs.items():
     logging.info('Measuring %s ...', cell)
     stats = benchmark.run(unit_config, steps)
     batches = math.ceil(samples / unit_config.batch_size)
@@ -77,23 +78,31 @@ def format_table(results):
 
 def define_flags():
   """Defines the CLI flags (only when run as a program, so CLIs can share a process)."""
-  config_flags.DEFINE_config_file(
+  cli.define_config_file(
       'config', 'configs/mmnist.py', 'Config file (model and data shape).')
   flags.DEFINE_list('cells', list(registry.CELLS),
                     'Units to compare (config.model.cell names).')
   flags.DEFINE_integer('samples', 800,
                        'Sequences the inference time is reported for.')
-  flags.DEFINE_integer('batch_size', 16, 'Sequences per batch.')
+  flags.DEFINE_integer('batch_size', None, 'Sequences per batch; default '
+                       'the config\'s batch_size.')
   flags.DEFINE_integer('steps', 3, 'Timed calls per measurement (median).')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  if FLAGS.samples < 1 or FLAGS.batch_size < 1 or FLAGS.steps < 1:
+  if FLAGS.samples < 1 or FLAGS.steps < 1 or (FLAGS.batch_size or 1) < 1:
     raise app.UsageError('--samples, --batch_size and --steps must be >= 1.')
+  cli.refuse_both('batch_size', 'config.batch_size', 'the batch size')
+  if not FLAGS.cells:
+    raise app.UsageError('--cells is empty; name the units to compare, e.g. '
+                         '--cells=stau,convlstm')
+  if len(set(FLAGS.cells)) < len(FLAGS.cells):
+    raise app.UsageError(f'--cells={",".join(FLAGS.cells)} names a unit twice')
   config = FLAGS.config
-  config.batch_size = FLAGS.batch_size
+  if FLAGS.batch_size:
+    config.batch_size = FLAGS.batch_size
   results = compare(config, FLAGS.cells, FLAGS.samples, FLAGS.steps)
   first = next(iter(results.values()))
   print(f'Units in the {config.name} encoder/decoder ({first["device"]}, '

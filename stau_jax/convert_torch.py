@@ -17,7 +17,6 @@ import re
 
 from absl import flags
 import numpy as np
-from ml_collections import config_flags
 
 from stau_jax import cli
 from stau_jax import errors
@@ -217,8 +216,8 @@ def convert_checkpoint(checkpoint, config, output):
 
 def define_flags():
   """Defines the CLI flags (only when run as a program, so CLIs can share a process)."""
-  config_flags.DEFINE_config_file('config', 'configs/mmnist.py',
-                                  'Config describing the architecture.')
+  cli.define_config_file('config', 'configs/mmnist.py',
+                         'Config describing the architecture.')
   flags.DEFINE_string('checkpoint', None,
                       'PyTorch checkpoint saved by the authors\' code.')
   flags.DEFINE_string('output', None, 'Export file to write.')

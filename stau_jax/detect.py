@@ -37,6 +37,7 @@ from PIL import Image
 from PIL import ImageDraw
 
 from stau_jax import cli
+from stau_jax import errors
 from stau_jax import export
 from stau_jax import metrics
 from stau_jax import outputs
@@ -167,7 +168,7 @@ def _import(module):
   try:
     return importlib.import_module(module)
   except ImportError as e:
-    raise ImportError(f'Detection needs {module}: {_INSTALL}.') from e
+    raise errors.MissingPackageError(f'Detection needs {module}: {_INSTALL}.') from e
 
 
 def auto_scale(image_size):
@@ -192,7 +193,7 @@ def hog_detector(scale):
   """
   cv2 = _import('cv2')
   if not hasattr(cv2, 'HOGDescriptor'):
-    raise ImportError(f'OpenCV {cv2.__version__} has no HOGDescriptor (OpenCV '
+    raise errors.MissingPackageError(f'OpenCV {cv2.__version__} has no HOGDescriptor (OpenCV '
                       f'5 removed it); {_INSTALL} (opencv-python-headless<5).')
   hog = cv2.HOGDescriptor()
   hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
@@ -412,13 +413,19 @@ def define_flags():
   flags.DEFINE_integer('person_class', 0,
                        'Person class of the ONNX model (0 in COCO).')
   flags.DEFINE_float('threshold', 0.8, 'Detections scoring less are ignored.')
+  flags.register_validator('threshold', math.isfinite,
+                           message='--threshold must be a finite number')
   flags.DEFINE_float('detect_scale', 0, 'Resize frames by this for HOG and '
-                     'the picture; 0: the shorter side becomes >= 256 pixels.')
+                     'the picture; 0: the shorter side becomes >= 256 pixels.',
+                     lower_bound=0)
+  flags.register_validator('detect_scale', math.isfinite,
+                           message='--detect_scale must be a finite number')
   flags.DEFINE_string('output', None, 'Write the numbers as JSON here.')
   flags.DEFINE_string('picture', '', 'PNG of one sequence with its boxes; '
                       'default: --output with .png.')
   flags.DEFINE_integer('index', 0, 'Sequence drawn in the picture.')
-  flags.DEFINE_integer('batch_size', 16, 'Sequences per prediction call.')
+  flags.DEFINE_integer('batch_size', 16, 'Sequences per prediction call.',
+                       lower_bound=1)
   flags.mark_flags_as_required(['export', 'data', 'output'])
 
 
@@ -450,6 +457,9 @@ def write_json(path, result, **settings):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.detector != 'onnx':
+    cli.refuse_given(('detector_weights', 'person_class'),
+                     'with --detector=onnx')
   picture = FLAGS.picture or os.path.splitext(FLAGS.output)[0] + '.png'
   outputs.check_output_paths(
       suffixes={'picture': ('.png',)},

@@ -51,3 +51,8 @@ class InputError(UserError, ValueError):
 class TrainingStopped(UserError, RuntimeError):
   """A training run stopped from outside (Ctrl-C, SIGTERM, a full disk); the
   message names the checkpoint it resumes from."""
+
+
+class MissingPackageError(UserError, ImportError):
+  """An optional package a feature needs is not installed (the message
+  names the pip command)."""

@@ -15,7 +15,6 @@ a naive predictor (all-zero frames, or the last input frame repeated) on the
 same test set, for comparison.
 """
 import json
-import sys
 
 from absl import app
 from absl import flags
@@ -49,12 +48,13 @@ def eval_metric_names(config):
   return metrics.parse_metrics(config.eval_metrics)
 
 
-def validate_eval_config(config):
+def validate_eval_config(config, test_set_size=None):
   """Raises ValueError, before any work, if the test clips cannot give a metric.
 
   Traces the chosen metrics on the shape of one test batch (their own checks
   run: LPIPS frame size, FVD clip length) and checks FVD has >= 2 clips when
-  the evaluated set's size is known from the config.
+  the evaluated set's size is known: `test_set_size` (an opened set's
+  `TestSet.size`), else what the config tells (`data.test_set_size`).
   """
   per_frame, set_level = metrics.split_kinds(eval_metric_names(config))
   future = (data.eval_total_length(config) - config.data.input_length,)
@@ -64,15 +64,19 @@ def validate_eval_config(config):
   jax.eval_shape(lambda p, t: (metrics.batch_sums(p, t, names=per_frame),
                                metrics.batch_features(p, t, set_level)),
                  clips, clips)
-  size = expected_test_size(data.test_set_size(config),
-                            config.eval_batch_size,
+  if test_set_size is None:
+    test_set_size = data.test_set_size(config)
+  size = expected_test_size(test_set_size, config.eval_batch_size,
                             config.num_eval_batches)
   for name in set_level:
-    if size is not None and size < metrics.SET_METRICS[name].min_count:
-      raise ValueError(
-          f'{name} needs at least {metrics.SET_METRICS[name].min_count} test '
-          f'clips; this evaluation has {size}. Raise config.num_eval_batches '
-          'or config.eval_batch_size.')
+    needed = metrics.SET_METRICS[name].min_count
+    if size is not None and size < needed:
+      remedy = ('raise config.num_eval_batches or config.eval_batch_size'
+                if size != test_set_size else
+                f'the test set has only {size}; use a larger one or leave '
+                f'{name} out of config.eval_metrics')
+      raise ValueError(f'{name} needs at least {needed} test clips; this '
+                       f'evaluation has {size}: {remedy}.')
 
 
 def expected_test_size(size, batch_size, num_batches):
@@ -195,8 +199,13 @@ def evaluate(eval_step, params, batches, num_batches=-1, num_samples=0,
 
 
 def evaluate_params(params, config, batch_size=None, num_batches=-1,
-                    baseline=None):
+                    baseline=None, model=None):
   """Evaluates `params` (or a `baseline`) on config's test set on this host's devices.
+
+  Validates the config once and opens the test set once. `model` is
+  config's model (`models.validate_model_config` or `export.check_params`
+  return it) when the caller has validated config.model; by default it is
+  validated and built here.
 
   Returns the `metrics.finalize` result and, under 'test_set', the scored
   sequences' identity (`data.test_set_identity`).
@@ -205,12 +214,13 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
   if not (num_batches == -1 or num_batches >= 1):
     raise ValueError(f'num_eval_batches must be a positive integer, or -1 for '
                      f'the whole test set; got {num_batches!r}.')
-  models.validate_model_config(config)
+  if model is None:
+    model = models.validate_model_config(config)
   data.validate_data_config(config, num_devices=1)
-  validate_eval_config(config)
-  eval_step = make_eval_step(models.create_model(config), config, baseline)
-  replicated = distributed.replicate(params)
   test_set = data.load_test_set(config)
+  validate_eval_config(config, test_set.size)
+  eval_step = make_eval_step(model, config, baseline)
+  replicated = distributed.replicate(params)
   digest = data.new_digest()
   result, _ = evaluate(eval_step, replicated,
                        test_set.batches(batch_size, digest), num_batches,
@@ -220,23 +230,41 @@ def evaluate_params(params, config, batch_size=None, num_batches=-1,
       config, test_set, digest, result['count'])}
 
 
-def _overridable_fields():
-  """Fields that `--config.x=...` may set on top of the export's config."""
+def evaluate_export(path, overrides=None, baseline=None):
+  """Evaluates the export file at `path` (or a `baseline`) on its test set.
+
+  overrides: {dotted field: value} set on the export's config first (see
+  `overridable_fields`, `apply_overrides`). Reads the file, validates and
+  builds the model and opens the test set once each. Returns the
+  `metrics.finalize` result.
+  """
+  params, config = export.read_export(path)
+  apply_overrides(config, overrides or {})
+  model = export.check_params(params, config, source=path)
+  return evaluate_params(params, config, config.eval_batch_size,
+                         config.num_eval_batches, baseline,
+                         model=model)
+
+
+def overridable_fields():
+  """Fields that `--config.x=...` may set on top of the export's config.
+
+  Placeholders: they give each field's type; its value is the export's
+  unless overridden (the defaults live in configs/).
+  """
+  placeholder = ml_collections.config_dict.placeholder
   overridable = ml_collections.ConfigDict()
-  overridable.eval_metrics = ','.join(metrics.DEFAULT_METRICS)
-  overridable.eval_batch_size = 16
-  overridable.num_eval_batches = -1
+  overridable.eval_metrics = placeholder(str)
+  overridable.eval_batch_size = placeholder(int)
+  overridable.num_eval_batches = placeholder(int)
   overridable.model = ml_collections.ConfigDict()
   for name in checkpoints.IMPLEMENTATION_FIELDS:  # how, not what, it computes
-    overridable.model[name] = 'auto'
+    overridable.model[name] = placeholder(str)
   overridable.data = ml_collections.ConfigDict()
-  overridable.data.test_set = 'generated'
-  overridable.data.data_dir = ''
-  overridable.data.digits = 'auto'
-  overridable.data.num_test_sequences = 10000
-  overridable.data.test_seed = 1234
-  overridable.data.test_total_length = ml_collections.config_dict.placeholder(
-      int)
+  for name in ('test_set', 'data_dir', 'digits'):
+    overridable.data[name] = placeholder(str)
+  for name in ('num_test_sequences', 'test_seed', 'test_total_length'):
+    overridable.data[name] = placeholder(int)
   return overridable
 
 
@@ -261,39 +289,7 @@ def apply_overrides(config, overrides):
     parent[name] = value
 
 
-def _check_overrides(argv, overridable):
-  """Raises InputError for a --config.X the export's config may not take."""
-  allowed = sorted(checkpoints.flatten(overridable.to_dict()))
-  for arg in argv[1:]:
-    if arg.startswith('--config.'):
-      name = arg[len('--config.'):].split('=')[0]
-      if name not in allowed:
-        raise errors.InputError(
-            f'--config.{name} cannot be overridden: the export fixes the '
-            'model and the frames its parameters belong to', None,
-            'evaluate accepts ' + ', '.join(f'--config.{n}' for n in allowed))
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  outputs.check_output_paths(inputs={'export': FLAGS.export, 'data': FLAGS.data},
-                             output=FLAGS.output)
-  params, config = export.load_export(FLAGS.export)
-  overrides = dict(config_flags.get_override_values(FLAGS['config']))
-  if FLAGS.data:
-    overrides['data.test_set'] = FLAGS.data
-  apply_overrides(config, overrides)
-  result = evaluate_params(params, config, config.eval_batch_size,
-                           config.num_eval_batches, FLAGS.baseline)
-  if FLAGS.baseline:
-    print(f'Baseline {FLAGS.baseline!r} on the test set of {FLAGS.export}:')
-  print(metrics.format_table(result))
-  print(f'{result["count"]} sequences; averages: ' + ', '.join(
-      f'{name} {value:.4f}' for name, value in result['mean'].items()))
-  if FLAGS.output:
-    outputs.write_text(FLAGS.output, json.dumps(result, indent=2))
-    print(f'Wrote {FLAGS.output}.')
+FLAGS = flags.FLAGS
 
 
 def define_flags():
@@ -306,13 +302,39 @@ def define_flags():
   flags.DEFINE_enum('baseline', None, BASELINES,
                     'Evaluate a naive predictor on the export\'s test set '
                     'instead of the model.')
-  _check_overrides(sys.argv, _overridable_fields())
-  config_flags.DEFINE_config_dict(
-      'config', _overridable_fields(),
+  overridable = overridable_fields()
+  cli.define_config_dict(
+      'config', overridable,
       "Overrides of the export's config, e.g. --config.data.test_set="
       'official, --config.eval_batch_size=32, --config.num_eval_batches=10, '
-      '--config.eval_metrics=mse,ssim,lpips,fvd.')
+      '--config.eval_metrics=mse,ssim,lpips,fvd.',
+      hint='the export fixes the model and the frames its parameters belong '
+      'to; evaluate overrides ' + ', '.join(
+          f'--config.{name}' for name in
+          sorted(checkpoints.flatten(overridable.to_dict()))))
   flags.mark_flags_as_required(['export'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  outputs.check_output_paths(inputs={'export': FLAGS.export, 'data': FLAGS.data},
+                             output=FLAGS.output)
+  overrides = dict(config_flags.get_override_values(FLAGS['config']))
+  if FLAGS.data:
+    if 'data.test_set' in overrides:
+      raise app.UsageError('--data and --config.data.test_set both choose the '
+                           'test set; give one')
+    overrides['data.test_set'] = FLAGS.data
+  result = evaluate_export(FLAGS.export, overrides, FLAGS.baseline)
+  if FLAGS.baseline:
+    print(f'Baseline {FLAGS.baseline!r} on the test set of {FLAGS.export}:')
+  print(metrics.format_table(result))
+  print(f'{result["count"]} sequences; averages: ' + ', '.join(
+      f'{name} {value:.4f}' for name, value in result['mean'].items()))
+  if FLAGS.output:
+    outputs.write_text(FLAGS.output, json.dumps(result, indent=2))
+    print(f'Wrote {FLAGS.output}.')
 
 
 if __name__ == '__main__':

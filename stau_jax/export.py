@@ -69,8 +69,24 @@ def load_export(path):
   unknown version, corrupt (checksum), or its parameters do not match the
   model its config describes.
   """
-  if not os.path.isfile(path):
-    raise ExportError(f'Export file {path!r} does not exist.')
+  params, config = read_export(path)
+  check_params(params, config, source=path)
+  return params, config
+
+
+def read_export(path):
+  """Reads an export file's (params, config) without checking them against
+  the model (`check_params`, e.g. after overriding how the model computes).
+
+  Raises ExportError when the file is missing, not an export file, of an
+  unknown version or corrupt (checksum), and when a parameter is not finite.
+  """
+  if os.path.isdir(path):
+    raise ExportError('The export path is a directory', path,
+                      'pass an export file (python -m stau_jax.export)')
+  if not os.path.exists(path):
+    raise ExportError('The export file does not exist', path,
+                      'check the path (python -m stau_jax.export writes one)')
   with open(path, 'rb') as f:
     payload = f.read()
   try:
@@ -80,10 +96,12 @@ def load_export(path):
                       f'(truncated or corrupt?): {e}') from e
   if not isinstance(contents, dict) or contents.get('format') != FORMAT:
     raise ExportError(f'{path!r} is not a stau_jax export file.')
-  if contents.get('version') != VERSION:
-    raise ExportError(f'{path!r} has export format version '
-                      f'{contents.get("version")}; this stau_jax reads '
-                      f'version {VERSION}.')
+  version = contents.get('version')
+  if version != VERSION:
+    raise ExportError(f'The export file has format version {version!r} '
+                      f'({type(version).__name__}); this stau_jax reads '
+                      f'version {VERSION!r} (int)', path,
+                      'export it again with this stau_jax')
   missing = [key for key in ('config', 'params_sha256', 'params')
              if key not in contents]
   if missing:
@@ -101,7 +119,6 @@ def load_export(path):
   except Exception as e:  # json and msgpack raise several unrelated types.
     raise ExportError(f'Unreadable config or parameters: {e}', path,
                       'export the run again') from e
-  check_params(params, config, source=path)
   check_finite(params, source=path)
   return params, config
 
@@ -116,10 +133,13 @@ def check_finite(params, source='parameters'):
 
 
 def check_params(params, config, source='parameters'):
-  """Raises ExportError unless `params` has exactly the tree and shapes `config`'s model needs."""
+  """Raises ExportError unless `params` has exactly the tree and shapes `config`'s model needs.
+
+  Returns the model (float32), validated and built once.
+  """
   try:
-    models.validate_model_config(config)
-    expected = models.param_shapes(config)
+    model = models.validate_model_config(config)
+    expected = models.param_shapes(config, model)
   except (ValueError, KeyError, AttributeError, TypeError) as e:
     raise ExportError(f'Invalid config: {type(e).__name__}: {e}', source,
                       'the config must describe the model and its frames '
@@ -136,27 +156,32 @@ def check_params(params, config, source='parameters'):
       raise ExportError(
           f'{source}: parameter {name!r} has shape {actual.get(name)} but the '
           f'model of its config expects {expected.get(name)} (None: absent).')
+  return model
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defines the CLI's flags (only when run as a program: predict and
+  evaluate import this module and have flags of the same names)."""
+  flags.DEFINE_string('workdir', None, 'Training run directory.')
+  flags.DEFINE_integer('step', -1, 'Checkpoint step; -1 for the latest.')
+  flags.DEFINE_string('output', None, 'Export file to write.')
+  flags.mark_flags_as_required(['workdir', 'output'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  outputs.check_output_paths(output=flags.FLAGS.output)
-  step = flags.FLAGS.step
-  params, config = checkpoints.load_params(flags.FLAGS.workdir,
-                                           None if step < 0 else step)
-  check_params(params, config, source=flags.FLAGS.workdir)
-  save_export(flags.FLAGS.output, params, config)
-  print(f'Wrote {flags.FLAGS.output} ({config.name}, '
-        f'{models.count_params(params)} '
-        f'parameters).')
+  outputs.check_output_paths(output=FLAGS.output)
+  params, config = checkpoints.load_params(
+      FLAGS.workdir, None if FLAGS.step < 0 else FLAGS.step)
+  check_params(params, config, source=FLAGS.workdir)
+  save_export(FLAGS.output, params, config)
+  print(f'Wrote {FLAGS.output} ({config.name}, '
+        f'{models.count_params(params)} parameters).')
 
 
 if __name__ == '__main__':
-  # Defined here, not at import: predict and evaluate import this module and
-  # have flags of the same names.
-  flags.DEFINE_string('workdir', None, 'Training run directory.')
-  flags.DEFINE_integer('step', -1, 'Checkpoint step; -1 for the latest.')
-  flags.DEFINE_string('output', None, 'Export file to write.')
-  flags.mark_flags_as_required(['workdir', 'output'])
-  cli.run(main)
+  cli.run(main, define_flags)

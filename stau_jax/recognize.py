@@ -35,7 +35,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import optax
 
@@ -333,17 +332,22 @@ def evaluate_run(config, workdir, predictor_params=None):
   return int(state.step), result
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Action config, e.g. configs/mmnist_action.py.',
-    lock_config=True)
-_PREDICTOR = flags.DEFINE_string(
-    'predictor', None, "Export file of the frozen predictor, or 'none' for "
-    'the baseline on the observed frames.')
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run directory; default runs/<config.name>_<predictor '
-    'file name or none>.')
-_EVALUATE_ONLY = flags.DEFINE_bool(
-    'evaluate_only', False, 'Score the latest checkpoint of the run and exit.')
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defines the CLI's flags (only when run as a program)."""
+  cli.define_config_file('config', None,
+                         'Action config, e.g. configs/mmnist_action.py.')
+  flags.DEFINE_string(
+      'predictor', None, "Export file of the frozen predictor, or 'none' for "
+      'the baseline on the observed frames.')
+  flags.DEFINE_string(
+      'workdir', None, 'Run directory; default runs/<config.name>_<predictor '
+      'file name or none>.')
+  flags.DEFINE_bool('evaluate_only', False,
+                    'Score the latest checkpoint of the run and exit.')
+  flags.mark_flags_as_required(['config', 'predictor'])
 
 
 def main(argv):
@@ -351,10 +355,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(cli.drop_orbax_info)
   distributed.initialize_from_environment()
-  config, predictor_params = with_predictor(_CONFIG.value, _PREDICTOR.value)
-  name = os.path.splitext(os.path.basename(_PREDICTOR.value))[0]
-  workdir = _WORKDIR.value or f'runs/{config.name}_{name}'
-  if not _EVALUATE_ONLY.value:
+  config, predictor_params = with_predictor(FLAGS.config, FLAGS.predictor)
+  name = os.path.splitext(os.path.basename(FLAGS.predictor))[0]
+  workdir = FLAGS.workdir or f'runs/{config.name}_{name}'
+  if not FLAGS.evaluate_only:
     logging.info('Config:\n%s', config)
     train_and_evaluate(config, workdir, predictor_params)
     return
@@ -367,5 +371,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'predictor'])
-  cli.run(main)
+  cli.run(main, define_flags)

@@ -24,6 +24,7 @@ Workdir layout (the run's log, from train_losses.jsonl on, is written by
 import contextlib
 import errno
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
@@ -191,8 +192,17 @@ def prediction_loss(model, config):
   return loss
 
 
+def validate_numbers(config):
+  """Raises ValueError naming the first number of `config` (any section)
+  that is NaN or infinite."""
+  for name, value in checkpoints.flatten(config.to_dict()).items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f'config.{name}={value} must be a finite number.')
+
+
 def validate_config(config, num_devices, process_count):
   """Raises ValueError naming the first bad setting, before any work starts."""
+  validate_numbers(config)
   data.validate_data_config(config, num_devices, process_count)
   models.validate_model_config(config)
   sampling.validate_sampling_config(config)

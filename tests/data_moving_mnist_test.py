@@ -159,12 +159,31 @@ def test_official_layout_npy_test_set(tmp_path):
                              frames[:, 1] / 255.0, rtol=1e-6)
 
 
-def test_wrong_npy_layout_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize('contents, match', [
+    (np.zeros((3, 20, 64, 64), np.float32), r'uint8 \(20, N, 64, 64\)'),
+    (None, r'cannot read as a .npy array \(No data left in file\)'),
+])
+def test_wrong_or_empty_npy_is_a_clear_error_naming_the_file(tmp_path,
+                                                              contents, match):
   path = str(tmp_path / 'bad.npy')
-  np.save(path, np.zeros((3, 20, 64, 64), np.float32))
+  if contents is None:
+    open(path, 'wb').close()
+  else:
+    np.save(path, contents)
   config = _config(test_set=path, image_size=(64, 64))
-  with pytest.raises(ValueError, match=r'bad.npy.*uint8 \(20, N, 64, 64\)'):
-    data_lib.validate_data_config(config, num_devices=1)
+  data_lib.validate_data_config(config, num_devices=1)  # opens no file
+  for opens in (data_lib.test_set_size, data_lib.load_test_set):
+    with pytest.raises(ValueError, match=rf'bad.npy: .*{match}'):
+      opens(config)
+
+
+def test_a_directory_as_test_set_is_named(tmp_path):
+  path = str(tmp_path / 'set.npy')
+  os.mkdir(path)
+  with pytest.raises(ValueError, match='set.npy does not exist .it is a '
+                     'directory.'):
+    data_lib.validate_data_config(_config(test_set=path,
+                                          image_size=(64, 64)), num_devices=1)
 
 
 @pytest.mark.parametrize('change, match', [
@@ -200,8 +219,17 @@ def test_batch_not_divisible_by_devices_is_named():
   config = _config()
   config.batch_size = 6
   with pytest.raises(ValueError, match=r'batch_size=6 is not divisible by '
-                     r'num_devices \* process_count = 4 \* 1'):
+                     r'the 4 devices'):
     data_lib.validate_data_config(config, num_devices=4)
+
+
+@pytest.mark.parametrize('value', [0, -4])
+def test_a_batch_size_that_is_not_a_positive_integer_says_so(value):
+  config = _config()
+  config.batch_size = value
+  with pytest.raises(ValueError, match=rf'batch_size={value!r} must be a '
+                     'positive integer'):
+    data_lib.validate_data_config(config, num_devices=1)
 
 
 _NO_TF_SCRIPT = r"""

@@ -72,7 +72,8 @@ def test_lpips_and_fvd_match_a_direct_computation():
     ('lpips', {}, 'LPIPS needs frames of at least 31x31'),
     ('fvd', {}, 'FVD needs clips of at least 9 frames'),
     ('fvd', {'total_length': 13, 'num_test_sequences': 1},
-     'fvd needs at least 2 test clips'),
+     'fvd needs at least 2 test clips; this evaluation has 1: the test set '
+     'has only 1; use a larger one or leave fvd out of config.eval_metrics'),
 ))
 def test_bad_metric_choices_are_errors_before_any_work(metric_names,
                                                        overrides, message):
@@ -123,6 +124,45 @@ def tiny_export(tmp_path_factory):
   config = runs.tiny_config()
   export.save_export(path, export_test.random_params(config), config)
   return path
+
+
+def test_fvd_limited_by_the_batches_says_to_raise_them():
+  config = runs.tiny_config(eval_metrics='fvd', num_eval_batches=1,
+                            eval_batch_size=1)
+  config.data.total_length = 13
+  with pytest.raises(ValueError, match='this evaluation has 1: raise '
+                     'config.num_eval_batches or config.eval_batch_size'):
+    evaluate.validate_eval_config(config)
+
+
+def test_evaluate_export_validates_builds_and_opens_once(tmp_path,
+                                                         monkeypatch):
+  config = runs.tiny_config(num_eval_batches=1)
+  config.data.test_set = str(tmp_path / 'test.npy')
+  config.data.image_size = (64, 64)
+  config.model.num_downsample = 2
+  np.save(config.data.test_set, np.zeros((20, 3, 64, 64), np.uint8))
+  path = str(tmp_path / 'model.export')
+  export.save_export(path, export_test.random_params(config), config)
+  calls = {'validate': 0, 'build': 0, 'open': 0}
+
+  def counted(name, function):
+    def wrapper(*args, **kwargs):
+      calls[name] += 1
+      return function(*args, **kwargs)
+    return wrapper
+
+  from stau_jax.data import moving_mnist  # pylint: disable=g-import-not-at-top
+  from stau_jax.models import predictor  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(models, 'validate_model_config', counted(
+      'validate', models.validate_model_config))
+  monkeypatch.setattr(predictor, 'create_model', counted(
+      'build', predictor.create_model))
+  monkeypatch.setattr(moving_mnist, 'load_official_npy', counted(
+      'open', moving_mnist.load_official_npy))
+  result = evaluate.evaluate_export(path, {'eval_batch_size': 2})
+  assert result['count'] == 2
+  assert calls == {'validate': 1, 'build': 1, 'open': 1}
 
 
 def test_zero_batches_is_refused_up_front():

@@ -58,6 +58,9 @@ def test_corrupt_and_truncated_files_are_errors(tmp_path):
     export.load_export(path)
   with pytest.raises(export.ExportError, match='does not exist'):
     export.load_export(str(tmp_path / 'missing.export'))
+  with pytest.raises(export.ExportError, match='The export path is a '
+                     'directory'):
+    export.load_export(str(tmp_path))
 
 
 def test_other_version_and_mismatched_params_are_errors(tmp_path):
@@ -68,6 +71,11 @@ def test_other_version_and_mismatched_params_are_errors(tmp_path):
   contents['version'] = 2
   open(path, 'wb').write(serialization.msgpack_serialize(contents))
   with pytest.raises(export.ExportError, match='version 2'):
+    export.load_export(path)
+  contents['version'] = '1'
+  open(path, 'wb').write(serialization.msgpack_serialize(contents))
+  with pytest.raises(export.ExportError, match=r"has format version '1' "
+                     r"\(str\); this stau_jax reads version 1 \(int\)"):
     export.load_export(path)
   bigger = runs.tiny_config()
   bigger.model.num_hidden = 16

@@ -97,13 +97,20 @@ def validate_data_config(config, num_devices=None, process_count=1):
         f'larger than input_length={data.input_length}')
   num_devices = num_devices or _local_device_count()
   for name in ('batch_size', 'eval_batch_size'):
-    value = config[name]
-    if value <= 0 or value % (num_devices * process_count):
-      raise ValueError(
-          f'config.{name}={value} is not divisible by num_devices * '
-          f'process_count = {num_devices} * {process_count}; use a positive '
-          f'multiple of {num_devices * process_count}.')
+    validate_batch_size(config, name, num_devices * process_count)
   module.validate(config)
+
+
+def validate_batch_size(config, name, shards=1):
+  """Raises ValueError unless config[name] is a positive integer divisible
+  by `shards` (devices of all hosts)."""
+  value = config[name]
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f'config.{name}={value!r} must be a positive integer.')
+  if value % shards:
+    raise ValueError(
+        f'config.{name}={value} is not divisible by the {shards} devices '
+        f'(num_devices * process_count); use a multiple of {shards}.')
 
 
 def create_train_iterator(config, *, seed=None, num_devices=None,

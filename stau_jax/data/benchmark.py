@@ -8,11 +8,11 @@ Times `create_train_iterator` (what training consumes, one device) for
 {"dataset", "sequences_per_second", "batches", "batch_size", "shape", ...}.
 """
 import json
+import math
 import time
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from stau_jax import cli
 from stau_jax import data as data_lib
@@ -44,10 +44,10 @@ def measure(config, seconds=5.0, warmup=3):
 
 def define_flags():
   """Defines the CLI flags (only when run as a program, so CLIs can share a process)."""
-  config_flags.DEFINE_config_file('config', None, 'Config file.')
+  cli.define_config_file('config', None, 'Config file.')
   flags.DEFINE_float('seconds', 5.0, 'Seconds to time.')
-  flags.register_validator('seconds', lambda seconds: seconds > 0,
-                           message='--seconds must be positive')
+  flags.register_validator('seconds', lambda seconds: 0 < seconds < math.inf,
+                           message='--seconds must be positive and finite')
   flags.DEFINE_integer('warmup', 3, 'Batches drawn before timing.',
                        lower_bound=0)
 

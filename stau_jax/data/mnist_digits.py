@@ -25,6 +25,8 @@ import socket
 from absl import logging
 import numpy as np
 
+from stau_jax import errors
+
 DIGIT_SIZE = 28
 BUNDLED_FILE = 'mnist_5k.csv.gz'
 BUNDLED_TRAIN_PER_CLASS = 400
@@ -112,7 +114,7 @@ def load_tfds(split='train', data_dir=None, download=False):
   network is reachable.
   """
   if not tensorflow_available():
-    raise ImportError(
+    raise errors.MissingPackageError(
         "config.data.digits='tfds' needs TensorFlow and tensorflow-datasets; "
         "install them or use digits='bundled'.")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

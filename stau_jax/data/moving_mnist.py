@@ -30,11 +30,13 @@ import threading
 from absl import logging
 import numpy as np
 
+from stau_jax import errors
 from stau_jax.data import mnist_digits
 from stau_jax.data import pipeline
 
 STEP_LENGTH = 0.1
 TEST_CHUNK = 100  # Sequences drawn per seed in the generated test set.
+TEST_SEED = 1234  # Seed of the generated test set of configs without data.test_seed.
 PREFETCH = 2  # Training batches made ahead on a background thread.
 # Classes of `next_wall_labels`, in label order.
 NEXT_WALL_CLASSES = ('top', 'bottom', 'left', 'right', 'none')
@@ -280,7 +282,7 @@ def load_official_npy(path, total_length=20):
   """
   try:
     array = np.load(path, mmap_mode='r', allow_pickle=False)
-  except (OSError, ValueError) as error:
+  except (OSError, ValueError, EOFError) as error:
     raise ValueError(f'{path}: cannot read as a .npy array ({error})') from error
   if array.dtype != np.uint8 or array.ndim != 4 or array.shape[2:] != (64, 64):
     raise ValueError(
@@ -308,7 +310,7 @@ def official_tfds_test_set(data_dir):
   network is reachable.
   """
   if not mnist_digits.tensorflow_available():
-    raise ImportError("config.data.test_set='official' reads TFDS "
+    raise errors.MissingPackageError("config.data.test_set='official' reads TFDS "
                       'moving_mnist, which needs TensorFlow; pass the path of '
                       'mnist_test_seq.npy instead.')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -363,9 +365,10 @@ def validate(config):
           f"config.data.test_set={path!r} must be 'official', 'generated' or "
           'the path of an .npy file in the official layout uint8 (20, N, 64, '
           '64)')
-    if not os.path.exists(path):
-      raise ValueError(f'config.data.test_set: file {path} does not exist')
-    load_official_npy(path, length)
+    if not os.path.isfile(path):
+      raise ValueError(f'config.data.test_set: file {path} does not exist'
+                       + (' (it is a directory)' if os.path.isdir(path)
+                          else ''))
   if (data.test_set == 'official' and
       not mnist_digits.tensorflow_available()):
     raise ValueError("config.data.test_set='official' reads TFDS "
@@ -419,7 +422,7 @@ def test_set(config, labelled=False):
   length = pipeline.eval_total_length(config)
   if data.test_set == 'generated':
     bank = _digit_bank(config, 'heldout')
-    seed = data.get('test_seed', 1234)
+    seed = data.get('test_seed', TEST_SEED)
     logging.info('Generated Moving MNIST test set: %d sequences, seed %d.',
                  data.num_test_sequences, seed)
     shape = dict(num_sequences=data.num_test_sequences,
@@ -460,7 +463,8 @@ def test_set_size(config):
     return None
   if data.test_set == 'generated':
     return data.num_test_sequences
-  return load_official_npy(data.test_set).shape[1]
+  return load_official_npy(data.test_set,
+                           pipeline.eval_total_length(config)).shape[1]
 
 
 def num_label_classes(config):

@@ -216,7 +216,7 @@ def video_backend():
   for module in ('av', 'cv2'):
     if importlib.util.find_spec(module) is not None:
       return module
-  raise ImportError('Decoding video files needs PyAV (pip install av) or '
+  raise errors.MissingPackageError('Decoding video files needs PyAV (pip install av) or '
                     'OpenCV (pip install opencv-python); or extract the frames '
                     'into image folders (e.g. with ffmpeg) and point the config '
                     'at them.')

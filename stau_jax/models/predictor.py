@@ -324,6 +324,9 @@ def validate_model_config(config):
 
   Checks the fields every unit reads here; the unit checks its own when its
   layers are built (`create_model`, unit.py).
+
+  Returns config's model (float32, `create_model`), built once for the
+  unit's own checks.
   """
   model, data = config.model, config.data
   registry.get(model.cell)
@@ -359,7 +362,7 @@ def validate_model_config(config):
         f'total_length={data.total_length}.')
   shapes.check_frame_size('config.data.image_size', *data.image_size,
                           model.patch_size, model.num_downsample)
-  create_model(config)  # the unit's own checks (STAU's tau, PredRNN++'s 2 layers)
+  return create_model(config)  # the unit's own checks (STAU's tau, PredRNN++'s 2 layers)
 
 
 def create_model(config, dtype=jnp.float32):
@@ -447,9 +450,10 @@ def _group_records(tree, group_name):
   return records
 
 
-def param_shapes(config):
-  """Shapes and dtypes of the parameters of config's model, without computing them."""
-  model = create_model(config)
+def param_shapes(config, model=None):
+  """Shapes and dtypes of the parameters of config's model (`model` when
+  built already), without computing them."""
+  model = create_model(config) if model is None else model
   return jax.eval_shape(
       lambda: init_params(model, config, jax.random.PRNGKey(0)))
 
