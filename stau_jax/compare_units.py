@@ -1,7 +1,7 @@
 r"""Compares the predictive units in the same encoder and decoder (Table 6).
 
   python -m stau_jax.compare_units --config=configs/mmnist.py \
-      --cells=stau,mau,convlstm,predrnn --samples=800 --batch_size=16
+      --cells=stau,mau,convlstm,predrnn --samples=800 [--batch_size=16]
 
 For each unit, builds the config's model with `config.model.cell` set to it
 (same front-end, layers and hidden channels: configs/mmnist.py is the paper's

@@ -164,7 +164,8 @@ def load_torch_state_dict(path):
     raise errors.InputError('Reading a PyTorch checkpoint needs torch', path,
                             'pip install -e ".[torch]"') from e
   if not os.path.isfile(path):
-    raise errors.InputError('No such PyTorch checkpoint', path,
+    raise errors.InputError(
+        f'The PyTorch checkpoint {errors.not_a_file(path)}', path,
                             'check --checkpoint')
   try:
     # weights_only: never runs code from the file (malicious pickles).

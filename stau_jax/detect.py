@@ -232,7 +232,8 @@ def onnx_detector(weights, person_class=0):
                      'YOLOv5 or YOLOv8 model exported to ONNX.')
   if not os.path.isfile(weights):
     raise FileNotFoundError(
-        f'ONNX model {weights!r} does not exist; pass --detector_weights= the '
+        f'ONNX model {weights!r} {errors.not_a_file(weights)}; pass '
+        f'--detector_weights= the '
         f'path of a YOLOv5 or YOLOv8 model exported to ONNX.')
   onnxruntime = _import('onnxruntime')
   try:
@@ -432,7 +433,7 @@ def define_flags():
 def load_clips(path, index):
   """Memory-maps a clips .npy, checking that sequence `index` exists."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Clips file {path!r} does not exist; pass '
+    raise FileNotFoundError(f'Clips file {path!r} {errors.not_a_file(path)}; pass '
                             '--data= a .npy of (N, T, H, W[, C]) sequences.')
   clips = predict.load_frames(path)
   if not 0 <= index < len(clips):

@@ -9,6 +9,13 @@ instead of a traceback. Raise them with the three parts when they are known:
 
 or with one finished sentence, as `CheckpointError(message)`.
 """
+import os
+
+
+def not_a_file(path):
+  """Why `path` cannot be read as a file: 'is a directory' or 'does not
+  exist'."""
+  return 'is a directory' if os.path.isdir(path) else 'does not exist'
 
 
 class UserError(Exception):

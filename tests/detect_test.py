@@ -102,6 +102,8 @@ def test_onnx_detector_errors_name_the_file(tmp_path):
   missing = str(tmp_path / 'yolov5s.onnx')
   with pytest.raises(FileNotFoundError, match='yolov5s.onnx.*does not exist'):
     detect.create_detector('onnx', missing)
+  with pytest.raises(FileNotFoundError, match='is a directory'):
+    detect.create_detector('onnx', str(tmp_path))
   with pytest.raises(ValueError, match='needs --detector_weights'):
     detect.create_detector('onnx', '')
   (tmp_path / 'garbage.onnx').write_bytes(b'not a model at all')
@@ -117,6 +119,12 @@ def test_onnx_detector_errors_name_the_file(tmp_path):
 def test_missing_clips_or_sequence_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='clips.npy.*does not exist'):
     detect.load_clips(str(tmp_path / 'clips.npy'), 0)
+  with pytest.raises(FileNotFoundError, match='is a directory'):
+    detect.load_clips(str(tmp_path), 0)
+  open(tmp_path / 'empty.npy', 'wb').close()
+  with pytest.raises(ValueError, match='Cannot read the frames: No data left '
+                     r'in file \(.*empty.npy\)'):
+    detect.load_clips(str(tmp_path / 'empty.npy'), 0)
   np.save(tmp_path / 'clips.npy', np.zeros((2, 8, 16, 16), np.uint8))
   assert detect.load_clips(str(tmp_path / 'clips.npy'), 1).shape[0] == 2
   with pytest.raises(ValueError, match='--index=2 is outside the 2'):
