@@ -207,5 +207,6 @@ def test_cli_trains_and_refuses_a_missing_predictor(tmp_path):
   result = runs.python(*args, '--predictor=missing.export', check=False)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
-      "error: Export file 'missing.export' does not exist.")
+      'error: The export file does not exist (missing.export): check the '
+      'path (python -m stau_jax.export writes one)')
   assert os.listdir(tmp_path / 'eval') == ['step_000002.json']
