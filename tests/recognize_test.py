@@ -45,6 +45,7 @@ def _convlstm_config(**overrides):
 
 def _predictor_export(tmp_path, config):
   """An export of a predictor of `config` initialized from config.seed."""
+  tmp_path.mkdir(exist_ok=True)
   path = str(tmp_path / 'predictor.export')
   params = models.init_params(models.create_model(config), config,
                               jax.random.PRNGKey(config.seed))
