@@ -41,6 +41,7 @@ def shared_config():
   config.data = data = ml_collections.ConfigDict()
   data.data_dir = ''  # where the dataset's files are (Moving MNIST: TFDS's)
   data.test_total_length = 0  # frames per test sequence; 0: total_length
+  data.center_crop = True  # real videos: crop to image_size's aspect before resizing
 
   config.seed = 0
   config.batch_size = 16

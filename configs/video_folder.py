@@ -27,7 +27,6 @@ def get_config():
   data.total_length = 20
   data.frame_stride = 1  # take every k-th frame
   data.clip_stride = 1  # a training sequence starts every k frames
-  data.center_crop = True  # crop to image_size's aspect before resizing
   data.test_fraction = 0.1  # of the clips, when there is no test.txt
   data.skip_bad_files = False  # True: skip unreadable / short clips, warning
   return config

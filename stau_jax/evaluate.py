@@ -289,9 +289,6 @@ def apply_overrides(config, overrides):
     parent[name] = value
 
 
-FLAGS = flags.FLAGS
-
-
 def define_flags():
   """Defines the CLI's flags (not at import: training imports this module)."""
   flags.DEFINE_string('export', None, 'Export file (stau_jax.export).')

@@ -5,7 +5,8 @@ config.json (`checkpoints.read_config`) and an export file's
 (`export.load_export`). It adds the fields introduced since the first files
 were written, with the values those versions behaved as, so that the code
 after it reads every field plainly (`config.model.frontend`). A field added
-to configs/base.py that older files lack gets one line in ADDED_FIELDS.
+to configs/base.py that older files lack gets one line in ADDED_FIELDS; one
+that only a dataset's configs have, in ADDED_DATASET_FIELDS.
 """
 import copy
 
@@ -22,6 +23,13 @@ ADDED_FIELDS = {
     'eval_metrics': 'mse,mae,psnr,ssim,ssim_dr1',
     'num_eval_batches': -1,
     'keep_checkpoints': 3,
+    'data.data_dir': '',
+    'data.test_total_length': 0,
+    'data.center_crop': True,
+}
+# config.data.dataset -> {field of config.data: the value older files mean}.
+ADDED_DATASET_FIELDS = {
+    'moving_mnist': {'test_seed': 1234},
 }
 
 
@@ -41,4 +49,9 @@ def upgrade_config(config):
     else:
       if name not in section:
         section[name] = value
+  data = config.get('data')
+  if isinstance(data, ml_collections.ConfigDict):
+    for name, value in ADDED_DATASET_FIELDS.get(data.get('dataset'), {}).items():
+      if name not in data:
+        data[name] = value
   return config

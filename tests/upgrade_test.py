@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import kitti
 from configs import mmnist
 from configs import tiny
 from stau_jax import checkpoints
@@ -23,6 +24,8 @@ def _older(config):
     for key in parents:
       section = section[key]
     del section[name]
+  for name in upgrade.ADDED_DATASET_FIELDS.get(fields['data']['dataset'], ()):
+    del fields['data'][name]
   return ml_collections.ConfigDict(fields)
 
 
@@ -32,10 +35,17 @@ def test_older_config_gets_what_it_behaved_as_and_a_current_one_is_kept():
   upgraded = upgrade.upgrade_config(older)
   assert json.loads(upgraded.to_json()) == json.loads(current.to_json())
   assert 'frontend' not in older.model  # a copy: the input is unchanged
+  assert 'test_seed' not in older.data and upgraded.data.test_seed == 1234
   current.model.frontend = 'patch'
   current.keep_checkpoints = 7
   assert upgrade.upgrade_config(current).model.frontend == 'patch'
   assert upgrade.upgrade_config(current).keep_checkpoints == 7
+
+
+def test_dataset_fields_go_to_their_dataset_only():
+  upgraded = upgrade.upgrade_config(_older(kitti.get_config()))
+  assert 'test_seed' not in upgraded.data
+  assert upgraded.data.center_crop is True and upgraded.data.data_dir == ''
 
 
 def test_missing_sections_stay_missing():

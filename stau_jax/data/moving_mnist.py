@@ -36,7 +36,6 @@ from stau_jax.data import pipeline
 
 STEP_LENGTH = 0.1
 TEST_CHUNK = 100  # Sequences drawn per seed in the generated test set.
-TEST_SEED = 1234  # Seed of the generated test set of configs without data.test_seed.
 PREFETCH = 2  # Training batches made ahead on a background thread.
 # Classes of `next_wall_labels`, in label order.
 NEXT_WALL_CLASSES = ('top', 'bottom', 'left', 'right', 'none')
@@ -422,7 +421,7 @@ def test_set(config, labelled=False):
   length = pipeline.eval_total_length(config)
   if data.test_set == 'generated':
     bank = _digit_bank(config, 'heldout')
-    seed = data.get('test_seed', TEST_SEED)
+    seed = data.test_seed
     logging.info('Generated Moving MNIST test set: %d sequences, seed %d.',
                  data.num_test_sequences, seed)
     shape = dict(num_sequences=data.num_test_sequences,

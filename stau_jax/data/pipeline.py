@@ -12,7 +12,7 @@ import numpy as np
 
 def eval_total_length(config):
   """Frames per test sequence: data.test_total_length, or total_length when 0."""
-  return config.data.get('test_total_length') or config.data.total_length
+  return config.data.test_total_length or config.data.total_length
 
 
 class TestSet(NamedTuple):

@@ -32,7 +32,7 @@ def load_split(config, split):
   num_train = config.data.num_train_frames
   num_test = config.data.num_test_frames
   if os.path.isfile(path):
-    path = video.cached_frames(path, config.data.get('data_dir') or '')
+    path = video.cached_frames(path, config.data.data_dir)
   frames = video.read_image_folder(path)
   total = len(frames.paths)
   if total < max(num_train, num_test):

@@ -51,8 +51,12 @@ class Frames:
 
 def resolve_path(config, field):
   """config.data.<field> as a path, joined to data_dir when relative."""
-  value = config.data.get(field) or ''
-  if value and not os.path.isabs(value) and config.data.get('data_dir'):
+  if field not in config.data:
+    raise ValueError(f'The config has no data.{field}: set '
+                     f'--config.data.{field}=PATH (see configs/ for the '
+                     'fields of each dataset)')
+  value = config.data[field]
+  if value and not os.path.isabs(value) and config.data.data_dir:
     value = os.path.join(config.data.data_dir, value)
   return value
 
@@ -357,7 +361,7 @@ def build_dataset(frames, windows, config, *, batch_size, seed=0,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   image_size = tuple(config.data.image_size)
   channels = config.data.channels
-  center_crop = config.data.get('center_crop', True)
+  center_crop = config.data.center_crop
   length = windows.shape[1]
   windows_t = tf.constant(windows, tf.int64)
   labels_t = None if labels is None else tf.constant(labels, tf.int64)
