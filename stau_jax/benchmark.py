@@ -13,12 +13,16 @@ its last line one JSON object: train_step_s and forward_s (medians),
 compile_s (the training step), forward_compile_s, peak_rss_mb (peak resident
 memory of this process), peak_device_mb (accelerator memory, where the
 backend reports it), train_step_mb (what XLA plans for one training step:
-arguments, outputs, temporaries), forward_flops_per_sequence (XLA's cost
-analysis), samples_per_s, device, params, and the shapes timed.
+arguments, outputs, temporaries), forward_flops_per_sequence (the
+multiply-add FLOPs of its convolutions and matmuls, `count_flops`),
+train_gflop_per_s and forward_gflop_per_s (GFLOP/s achieved, the training
+step counted as 3x the forward pass, the usual convention), samples_per_s,
+device, params, and the shapes timed.
 `--profile_dir=DIR` also records a profiler trace of a few training steps
 (Perfetto/TensorBoard format) for finding where the time goes.
 """
 import json
+import math
 import os
 import resource
 import time
@@ -26,6 +30,7 @@ import time
 from absl import app
 from absl import flags
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -74,12 +79,35 @@ def _median_seconds(fn, steps):
   return float(np.median(times))
 
 
-def _flops(compiled):
-  """Floating-point operations of one call, from XLA's cost analysis."""
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0]
-  return float(analysis.get('flops', 0.0)) if analysis else 0.0
+def _sub_jaxprs(eqn):
+  """The jaxprs inside one equation's parameters (scan, pjit, remat, ...)."""
+  for value in eqn.params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        yield item
+
+
+def count_flops(jaxpr):
+  """Multiply-add FLOPs (2 per multiply-add) of the matmuls and
+  convolutions of a jaxpr, scan bodies counted `length` times (XLA's cost
+  analysis counts a loop body once). while bodies count once."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    outputs = math.prod(eqn.outvars[0].aval.shape) if eqn.outvars else 0
+    if name == 'dot_general':
+      (contracting, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * outputs * math.prod(lhs[i] for i in contracting)
+    elif name == 'conv_general_dilated':
+      rhs = eqn.invars[1].aval.shape
+      spec = eqn.params['dimension_numbers'].rhs_spec
+      total += 2 * outputs * rhs[spec[1]] * math.prod(rhs[i] for i in spec[2:])
+    inner = sum(count_flops(sub) for sub in _sub_jaxprs(eqn))
+    total += inner * (eqn.params['length'] if name == 'scan' else 1)
+  return total
 
 
 def _program_mb(compiled):
@@ -126,8 +154,8 @@ def run(config, steps=5, profile_dir=None):
   (`validate`).
   """
   validate(config, profile_dir)
-  compute_dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  model = predictor.create_model(config, dtype=compute_dtype)
+  model = predictor.create_model(config, config.half_precision)
+  compute_dtype, operand_dtype = predictor.compute_dtypes(config.half_precision)
   rng = jax.random.PRNGKey(config.seed)
   params = predictor.init_params(model, config, rng)
   optimizer = optax.adam(config.learning_rate)
@@ -147,6 +175,8 @@ def run(config, steps=5, profile_dir=None):
   train_step, compile_s = _compile(
       make_train_step(model, optimizer), params, opt_state, frames,
       sampling_mask)
+  forward_flops = count_flops(jax.make_jaxpr(model.apply)(
+      {'params': params}, frames, sampling_mask).jaxpr)
   forward = jax.jit(model.apply)
   forward, forward_compile_s = _compile(
       forward, {'params': params}, frames, sampling_mask)
@@ -170,10 +200,12 @@ def run(config, steps=5, profile_dir=None):
           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       'peak_device_mb': _peak_device_mb(device),
       'train_step_mb': _program_mb(train_step),
-      'forward_flops_per_sequence': round(_flops(forward) / batch),
+      'forward_flops_per_sequence': round(forward_flops / batch),
+      'train_gflop_per_s': round(3 * forward_flops / train_step_s / 1e9, 1),
+      'forward_gflop_per_s': round(forward_flops / forward_s / 1e9, 1),
       'samples_per_s': round(batch / train_step_s, 3),
       'device': f'{device.platform}:{device.device_kind}',
-      'compute_dtype': jnp.dtype(compute_dtype).name,
+      'compute_dtype': train.precision_name(compute_dtype, operand_dtype),
       'conv_impl': ops.resolve_conv_impl(config.model.conv_impl),
       'params': predictor.count_params(params),
       'batch_size': batch,
@@ -211,6 +243,8 @@ def main(argv):
            else f'{results["train_step_mb"]:.0f} MB'),
           ('forward GFLOP / seq.',
            f'{results["forward_flops_per_sequence"] / 1e9:.2f}'),
+          ('GFLOP/s train / fwd', f'{results["train_gflop_per_s"]:.0f} / '
+                                  f'{results["forward_gflop_per_s"]:.0f}'),
           ('peak device memory',
            'n/a' if results['peak_device_mb'] is None
            else f'{results["peak_device_mb"]:.0f} MB'),

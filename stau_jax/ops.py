@@ -25,6 +25,7 @@ everything.
 """
 import functools
 import math
+from typing import Any, NamedTuple
 
 import jax
 from jax import lax
@@ -57,7 +58,7 @@ def resolve_conv_impl(impl='auto'):
 
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-         precision=None, impl='auto', **kwargs):
+         precision=None, impl='auto', operand_dtype=None, **kwargs):
   """`lax.conv_general_dilated` for 2D NHWC x HWIO, on the fast paths.
 
   Args:
@@ -66,16 +67,21 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
     window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
       feature_group_count, precision: as `lax.conv_general_dilated`.
     impl: one of CONV_IMPLS (see `resolve_conv_impl`).
+    operand_dtype: None, or the dtype (bfloat16) every matmul and conv casts
+      its operands to, accumulating in lhs's dtype (mixed precision); the
+      result and the gradients keep lhs's and rhs's dtypes.
     **kwargs: passed to lax when it is used (e.g. preferred_element_type).
 
   Returns:
     (B, H', W', O), the same as `lax.conv_general_dilated`.
   """
+  mixed = _mixed(lhs.dtype, operand_dtype)
   lax_conv = functools.partial(
-      lax.conv_general_dilated, lhs, rhs, window_strides, padding,
-      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      lax.conv_general_dilated, *mixed.cast(lhs, rhs), window_strides,
+      padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, precision=precision, **kwargs)
+      feature_group_count=feature_group_count, precision=precision,
+      **mixed.accumulate, **kwargs)
   dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   supported = (lhs.ndim == 4 and feature_group_count == 1 and not kwargs
                and dims == lax.conv_dimension_numbers(lhs.shape, rhs.shape,
@@ -94,16 +100,52 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if dilation != (1, 1):
     if strides != (1, 1):
       return lax_conv()
-    return _subpixel_conv(lhs, rhs, dilation, padding, precision, impl)
+    return _subpixel_conv(lhs, rhs, dilation, padding, precision, impl,
+                          operand_dtype)
   if strides != (1, 1):
     if impl == 'resample':
-      return _space_to_depth_conv(lhs, rhs, strides, padding, precision)
-    return _im2col_conv(_pad_or_crop(lhs, padding), rhs, strides, precision)
+      return _space_to_depth_conv(lhs, rhs, strides, padding, precision,
+                                  mixed)
+    return _im2col_conv(_pad_or_crop(lhs, padding), rhs, strides, precision,
+                        mixed)
   if impl == 'resample':
     return lax_conv()
   if rhs.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
-    return jnp.matmul(lhs, rhs[0, 0], precision=precision)  # a 1x1 conv
-  return _conv_valid(_pad_or_crop(lhs, padding), rhs, precision)
+    return mixed.matmul(lhs, rhs[0, 0], precision)  # a 1x1 conv
+  return _conv_valid(_pad_or_crop(lhs, padding), rhs, precision,
+                     mixed.operand_dtype)
+
+
+class _Mixed(NamedTuple):
+  """Operands cast to `operand_dtype` (None: kept), accumulated in `dtype`."""
+  dtype: Any
+  operand_dtype: Any
+
+  def cast(self, *arrays):
+    if self.operand_dtype is None:
+      return arrays
+    return tuple(a.astype(self.operand_dtype) for a in arrays)
+
+  @property
+  def accumulate(self):
+    """lax's keyword for the accumulation dtype (none when not mixed)."""
+    return ({} if self.operand_dtype is None
+            else {'preferred_element_type': self.dtype})
+
+  def matmul(self, a, b, precision):
+    return jnp.matmul(*self.cast(a, b), precision=precision, **self.accumulate)
+
+  def dot_general(self, a, b, dimension_numbers, precision):
+    return lax.dot_general(*self.cast(a, b), dimension_numbers,
+                           precision=precision, **self.accumulate)
+
+
+def _mixed(dtype, operand_dtype):
+  """`_Mixed` for results in `dtype`; not mixed when the dtypes agree."""
+  if operand_dtype is not None and jnp.dtype(operand_dtype) == dtype:
+    operand_dtype = None
+  return _Mixed(dtype, None if operand_dtype is None
+                else jnp.dtype(operand_dtype))
 
 
 def _pad_or_crop(lhs, padding):
@@ -114,7 +156,7 @@ def _pad_or_crop(lhs, padding):
              max(-padding[1][0], 0):lhs.shape[2] - max(-padding[1][1], 0)]
 
 
-def _im2col_conv(lhs, rhs, strides, precision):
+def _im2col_conv(lhs, rhs, strides, precision, mixed):
   """A strided 'VALID' conv as one matmul: the kh*kw strided taps side by side
   in channels (B, H', W', kh*kw*I) times the kernel as (kh*kw*I, O)."""
   (sh, sw), (kh, kw) = strides, rhs.shape[:2]
@@ -123,11 +165,11 @@ def _im2col_conv(lhs, rhs, strides, precision):
   columns = jnp.concatenate(
       [lhs[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
        for i in range(kh) for j in range(kw)], axis=-1)
-  return jnp.matmul(columns, rhs.reshape(-1, rhs.shape[-1]),
-                    precision=precision)
+  return mixed.matmul(columns, rhs.reshape(-1, rhs.shape[-1]), precision)
 
 
-def conv_transpose(lhs, rhs, strides, padding, precision=None, impl='auto'):
+def conv_transpose(lhs, rhs, strides, padding, precision=None, impl='auto',
+                   operand_dtype=None):
   """`lax.conv_transpose(lhs, rhs, strides, padding, transpose_kernel=True)`.
 
   Args:
@@ -136,22 +178,25 @@ def conv_transpose(lhs, rhs, strides, padding, precision=None, impl='auto'):
       `nn.ConvTranspose(transpose_kernel=True)` (and PyTorch) store it.
     strides: the upsampling factors (sh, sw).
     padding: 'SAME', 'VALID' or ((lo, hi), (lo, hi)) as lax.conv_transpose.
+    precision, impl, operand_dtype: as `conv`.
 
   Returns:
     (B, h', w', O).
   """
   impl = resolve_conv_impl(impl)
   if impl == 'xla':
-    return lax.conv_transpose(lhs, rhs, strides, padding,
+    mixed = _mixed(lhs.dtype, operand_dtype)
+    return lax.conv_transpose(*mixed.cast(lhs, rhs), strides, padding,
                               dimension_numbers=_NHWC, transpose_kernel=True,
-                              precision=precision)
+                              precision=precision, **mixed.accumulate)
   kernel_size = rhs.shape[:2]
   if isinstance(padding, str):
     padding = [_conv_transpose_padding(k, s, padding)
                for k, s in zip(kernel_size, strides)]
   kernel = jnp.swapaxes(jnp.flip(rhs, (0, 1)), 2, 3)
   return conv(lhs, kernel, (1, 1), padding, lhs_dilation=strides,
-              dimension_numbers=_NHWC, precision=precision, impl=impl)
+              dimension_numbers=_NHWC, precision=precision, impl=impl,
+              operand_dtype=operand_dtype)
 
 
 def _conv_transpose_padding(kernel_size, stride, padding):
@@ -168,41 +213,87 @@ def _conv_transpose_padding(kernel_size, stride, padding):
   return pad_a, pad_len - pad_a
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_valid(lhs, rhs, precision=None):
-  """Stride-1 'VALID' conv: (B, H, W, I), (kh, kw, I, O) -> (B, H-kh+1, W-kw+1, O)."""
-  return lax.conv_general_dilated(lhs, rhs, (1, 1), 'VALID',
-                                  dimension_numbers=_NHWC, precision=precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_valid(lhs, rhs, precision=None, operand_dtype=None):
+  """Stride-1 'VALID' conv: (B, H, W, I), (kh, kw, I, O) -> (B, H-kh+1, W-kw+1, O).
+
+  With `operand_dtype` (mixed precision) lhs and rhs are cast to it inside,
+  accumulation and the gradients stay in lhs's and rhs's dtypes.
+  """
+  mixed = _mixed(lhs.dtype, operand_dtype)
+  if mixed.operand_dtype is None:
+    return lax.conv_general_dilated(lhs, rhs, (1, 1), 'VALID',
+                                    dimension_numbers=_NHWC,
+                                    precision=precision)
+  return _row_taps_conv(lhs, rhs, precision, mixed)
 
 
-def _conv_valid_fwd(lhs, rhs, precision):
-  return _conv_valid(lhs, rhs, precision), (lhs, rhs)
+def _row_taps(lhs, kw, out_w):
+  """(B, H, W, I) -> (B, H, W', kw*I): the kw column taps side by side."""
+  return jnp.concatenate([lhs[:, :, j:j + out_w] for j in range(kw)], axis=-1)
 
 
-def _conv_valid_bwd(precision, residuals, grad):
+def _row_taps_conv(lhs, rhs, precision, mixed):
+  """`_conv_valid` as kh matmuls, one per kernel row, over the kw column taps
+  side by side in channels (5 slices for 5x5, not im2col's 25). XLA:CPU's
+  bf16 convolutions accumulating in f32 are slower than its f32 ones; its
+  bf16 matmuls are faster."""
+  kh, kw, in_features, out_features = rhs.shape
+  out_h, out_w = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
+  (taps,) = mixed.cast(_row_taps(lhs, kw, out_w))
+  (kernel,) = mixed.cast(rhs.reshape(kh, kw * in_features, out_features))
+  out = None
+  for i in range(kh):
+    row = jnp.matmul(taps[:, i:i + out_h], kernel[i], precision=precision,
+                     **mixed.accumulate)
+    out = row if out is None else out + row
+  return out
+
+
+def _conv_valid_fwd(lhs, rhs, precision, operand_dtype):
+  return _conv_valid(lhs, rhs, precision, operand_dtype), (lhs, rhs)
+
+
+def _conv_valid_bwd(precision, operand_dtype, residuals, grad):
   lhs, rhs = residuals
   kh, kw = rhs.shape[:2]
+  mixed = _mixed(lhs.dtype, operand_dtype)
   # Input gradient: a forward 'full' conv with the flipped, transposed kernel.
-  grad_lhs = lax.conv_general_dilated(
-      grad, jnp.swapaxes(jnp.flip(rhs, (0, 1)), 2, 3), (1, 1),
-      ((kh - 1, kh - 1), (kw - 1, kw - 1)), dimension_numbers=_NHWC,
-      precision=precision)
-  # Weight gradient, one matmul per tap: the shifted input (B*H'*W', I)
-  # transposed times grad (B*H'*W', O). (Stacking all taps into one patch
-  # matrix first cost XLA:CPU a transposing copy as slow as the matmul.)
+  flipped = jnp.swapaxes(jnp.flip(rhs, (0, 1)), 2, 3)
+  full = ((kh - 1, kh - 1), (kw - 1, kw - 1))
+  if mixed.operand_dtype is None:
+    grad_lhs = lax.conv_general_dilated(grad, flipped, (1, 1), full,
+                                        dimension_numbers=_NHWC,
+                                        precision=precision)
+  else:
+    grad_lhs = _row_taps_conv(jnp.pad(grad, ((0, 0),) + full + ((0, 0),)),
+                              flipped, precision, mixed).astype(lhs.dtype)
   out_h, out_w = grad.shape[1:3]
   grad_2d = grad.reshape(-1, grad.shape[-1])
-  grad_rhs = jnp.stack([
-      jnp.matmul(lhs[:, i:i + out_h, j:j + out_w].reshape(-1, lhs.shape[-1]).T,
-                 grad_2d, precision=precision)
-      for i in range(kh) for j in range(kw)])
-  return grad_lhs, grad_rhs.reshape(rhs.shape)
+  contract_rows = (((0,), (0,)), ((), ()))
+  if mixed.operand_dtype is None:
+    # Weight gradient, one matmul per tap: the shifted input (B*H'*W', I)
+    # transposed times grad (B*H'*W', O). (Stacking all taps into one patch
+    # matrix first cost XLA:CPU a transposing copy as slow as the matmul.)
+    grad_rhs = jnp.stack([
+        mixed.dot_general(
+            lhs[:, i:i + out_h, j:j + out_w].reshape(-1, lhs.shape[-1]),
+            grad_2d, contract_rows, precision)
+        for i in range(kh) for j in range(kw)])
+  else:
+    # One matmul per kernel row over the column taps, as the forward.
+    taps = _row_taps(lhs, kw, out_w)
+    grad_rhs = jnp.stack([
+        mixed.dot_general(taps[:, i:i + out_h].reshape(-1, taps.shape[-1]),
+                          grad_2d, contract_rows, precision)
+        for i in range(kh)])
+  return grad_lhs, grad_rhs.reshape(rhs.shape).astype(rhs.dtype)
 
 
 _conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
 
 
-def _space_to_depth_conv(lhs, rhs, strides, padding, precision):
+def _space_to_depth_conv(lhs, rhs, strides, padding, precision, mixed):
   """A strided conv as space-to-depth then a stride-1 conv (lax's: 'resample').
 
   With a = s*q + r, y[n] = sum_a x_pad[s*n + a] k[a] = sum_q z[n + q, r] k[s*q + r],
@@ -227,11 +318,13 @@ def _space_to_depth_conv(lhs, rhs, strides, padding, precision):
   kernel = kernel.reshape(qh, sh, qw, sw, *rhs.shape[2:])
   kernel = kernel.transpose(0, 2, 1, 3, 4, 5).reshape(
       qh, qw, sh * sw * rhs.shape[2], rhs.shape[3])
-  return lax.conv_general_dilated(lhs, kernel, (1, 1), 'VALID',
-                                  dimension_numbers=_NHWC, precision=precision)
+  return lax.conv_general_dilated(*mixed.cast(lhs, kernel), (1, 1), 'VALID',
+                                  dimension_numbers=_NHWC, precision=precision,
+                                  **mixed.accumulate)
 
 
-def _subpixel_conv(lhs, rhs, dilation, padding, precision, impl):
+def _subpixel_conv(lhs, rhs, dilation, padding, precision, impl,
+                   operand_dtype):
   """An input-dilated (transposed) stride-1 conv as sub-pixel convolution.
 
   With u the s-dilated input, y[p] = sum_a u[p + a - lo] k[a]; for the output
@@ -266,7 +359,7 @@ def _subpixel_conv(lhs, rhs, dilation, padding, precision, impl):
   kernel = kernel.transpose(0, 1, 4, 2, 3, 5).reshape(
       kernel.shape[0], kernel.shape[1], in_features, sh * sw * out_features)
   phases = conv(lhs, kernel, (1, 1), pads, dimension_numbers=_NHWC,
-                precision=precision, impl=impl)
+                precision=precision, impl=impl, operand_dtype=operand_dtype)
   steps_h, steps_w = phases.shape[1:3]
   y = phases.reshape(batch, steps_h, steps_w, sh, sw, out_features)
   y = y.transpose(0, 1, 3, 2, 4, 5).reshape(batch, steps_h * sh, steps_w * sw,

@@ -4,6 +4,11 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+
+from stau_jax import benchmark
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ('train_step_s', 'forward_s', 'compile_s', 'peak_rss_mb',
         'peak_device_mb', 'samples_per_s', 'device', 'params')
@@ -23,8 +28,25 @@ def test_cli_prints_json_last_and_writes_a_trace(tmp_path):
   assert stats['train_step_s'] > 0 and stats['forward_s'] > 0
   assert stats['params'] > 0 and stats['batch_size'] == 4
   assert stats['conv_impl'] in ('fast', 'resample', 'xla')
-  assert stats['compute_dtype'] == 'bfloat16'
+  assert stats['compute_dtype'] == 'bfloat16 convolutions, float32 math'
   if stats['device'].startswith('cpu'):
     assert stats['peak_device_mb'] is None
   traces = [name for _, _, names in os.walk(tmp_path) for name in names]
   assert 'perfetto_trace.json.gz' in traces
+
+
+def test_flop_count_counts_scan_bodies_per_step_and_convolutions():
+  weights = jnp.ones((5, 6))
+
+  def scanned(x):  # 3 steps of a (4, 5) @ (5, 6) matmul
+    return jax.lax.scan(lambda c, _: (c, c @ weights), x, None, length=3)[1]
+
+  def conv(x, kernel):  # (1, 8, 8, 2) * (3, 3, 2, 3) -> (1, 8, 8, 3)
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  assert benchmark.count_flops(jax.make_jaxpr(jax.jit(scanned))(
+      jnp.ones((4, 5))).jaxpr) == 3 * 2 * 4 * 6 * 5
+  assert benchmark.count_flops(jax.make_jaxpr(conv)(
+      jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 3))).jaxpr) == (
+          2 * 8 * 8 * 3 * 3 * 3 * 2)

@@ -278,7 +278,7 @@ def test_patch_frontend_needs_no_downsampling_and_stau_needs_its_encoder():
 def test_half_precision_is_close_to_float32(tiny_model):
   config, model, params = tiny_model
   frames = _frames(config)
-  half = models.create_model(config, dtype=jnp.bfloat16)
+  half = models.create_model(config, half_precision=True)
   predictions = half.apply({'params': params}, frames)
   assert predictions.dtype == jnp.float32
   np.testing.assert_allclose(predictions, model.apply({'params': params},

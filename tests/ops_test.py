@@ -72,6 +72,36 @@ class ConvTest(parameterized.TestCase):
       self.assert_same(conv(impl), reference, lhs, rhs)
 
   @parameterized.parameters(
+      (2, 16, 16, 8, 12, 5, 1, 'SAME'),
+      (2, 9, 6, 3, 5, 3, 1, 'VALID'),
+      (1, 6, 5, 2, 3, 1, 1, 'SAME'),
+      (1, 15, 10, 3, 4, 3, 2, 'SAME'),
+  )
+  def test_mixed_precision_conv_is_float32_math_on_bfloat16_operands(
+      self, batch, height, width, features_in, features_out, kernel, stride,
+      padding):
+    lhs, rhs = _normal(1, (batch, height, width, features_in),
+                       (kernel, kernel, features_in, features_out))
+    rounded = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+    reference = lambda lhs, rhs: lax.conv_general_dilated(  # noqa: E731
+        rounded(lhs), rounded(rhs), (stride, stride), padding,
+        dimension_numbers=_NHWC, precision=lax.Precision.HIGHEST)
+    want_value, want_grads = _value_and_grads(reference, lhs, rhs)
+    for impl in ('fast', 'resample', 'xla'):
+      value, grads = _value_and_grads(
+          lambda lhs, rhs, impl=impl: ops.conv(
+              lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC,
+              impl=impl, operand_dtype=jnp.bfloat16), lhs, rhs)
+      self.assertEqual(value.dtype, jnp.float32)
+      # The products of bfloat16 operands are exact in float32 sums.
+      np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-4)
+      for grad, want in zip(grads, want_grads):
+        self.assertEqual(grad.dtype, jnp.float32)
+        # The backward rounds the incoming gradient to bfloat16 too.
+        np.testing.assert_allclose(grad, want, rtol=0,
+                                   atol=0.02 * float(np.abs(want).max()))
+
+  @parameterized.parameters(
       (2, 4, 4, 8, 8, 3, 2, ((1, 2), (1, 2))),
       (1, 5, 3, 3, 4, 3, 2, 'SAME'),
       (2, 4, 6, 3, 2, 5, 3, 'VALID'),

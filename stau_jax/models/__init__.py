@@ -1,5 +1,6 @@
 """Video prediction models: the predictor, its front-ends and its units."""
-from stau_jax.models.predictor import (Predictor, conv_factory,
+from stau_jax.models.predictor import (Predictor, compute_dtypes,
+                                       conv_factory,
                                        count_params,
                                        create_model, init_params,
                                        norm_factory, param_shapes,

@@ -55,6 +55,7 @@ class ConvTranspose(nn.Module):
   padding: Any
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
+  operand_dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
@@ -64,7 +65,8 @@ class ConvTranspose(nn.Module):
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = ops.conv_transpose(x, kernel, self.strides, self.padding,
-                           impl=self.conv_impl)
+                           impl=self.conv_impl,
+                           operand_dtype=self.operand_dtype)
     return y + bias
 
 

@@ -81,14 +81,33 @@ def unpatch_frames(patches, patch_size):
   return x.reshape(*lead, h * p, w * p, depth // (p * p))
 
 
-def conv_factory(dtype=jnp.float32, conv_impl='auto'):
-  """`nn.Conv` computing in `dtype` with the `conv_impl` lowering.
+def compute_dtypes(half_precision, backend=None):
+  """(dtype, operand_dtype) of `config.half_precision` on `backend`.
+
+  dtype: the states' and all math's; operand_dtype: what convolutions cast
+  their operands to (accumulating in dtype), None for dtype itself.
+  float32: (float32, None). Half precision off CPU: (bfloat16, None), all
+  compute in bfloat16. On CPU, mixed precision: (float32, bfloat16), only the
+  convolutions' operands in bfloat16 (XLA:CPU runs bfloat16 matmuls faster
+  than float32 ones but bfloat16 elementwise ops several times slower).
+  """
+  if not half_precision:
+    return jnp.float32, None
+  if (backend or jax.default_backend()) == 'cpu':
+    return jnp.float32, jnp.bfloat16
+  return jnp.bfloat16, None
+
+
+def conv_factory(dtype=jnp.float32, conv_impl='auto', operand_dtype=None):
+  """`nn.Conv` computing in `dtype` with the `conv_impl` lowering, its
+  operands cast to `operand_dtype` when given (`ops.conv`).
 
   Its outputs are named CONV_OUTPUT, which is all that rematerialized layers
   keep for the backward pass (`resolve_remat`).
   """
   def tagged_conv(*args, **kwargs):
-    return checkpoint_name(ops.conv(*args, impl=conv_impl, **kwargs),
+    return checkpoint_name(ops.conv(*args, impl=conv_impl,
+                                    operand_dtype=operand_dtype, **kwargs),
                            CONV_OUTPUT)
   return functools.partial(nn.Conv, dtype=dtype,
                            conv_general_dilated=tagged_conv)
@@ -365,8 +384,9 @@ def validate_model_config(config):
   return create_model(config)  # the unit's own checks (STAU's tau, PredRNN++'s 2 layers)
 
 
-def create_model(config, dtype=jnp.float32):
-  """Builds the `Predictor` that `config` describes.
+def create_model(config, half_precision=False):
+  """Builds the `Predictor` that `config` describes, in float32 or in the
+  half precision of this backend (`compute_dtypes`).
 
   The config is trusted: the entry points (train.validate_config, loading an
   export, the CLIs) validate it once with `validate_model_config`; configs
@@ -374,9 +394,11 @@ def create_model(config, dtype=jnp.float32):
   """
   model = config.model
   conv_impl = model.conv_impl
-  conv = conv_factory(dtype, conv_impl)
+  dtype, operand_dtype = compute_dtypes(half_precision)
+  conv = conv_factory(dtype, conv_impl, operand_dtype)
   conv_transpose = functools.partial(frontends.ConvTranspose, dtype=dtype,
-                                     conv_impl=conv_impl)
+                                     conv_impl=conv_impl,
+                                     operand_dtype=operand_dtype)
   frame_channels = model.patch_size**2 * config.data.channels
   encoder, decoder, in_features = frontends.build(
       model, frame_channels, conv, conv_transpose)
