@@ -1,5 +1,6 @@
 """Tests for tools/: the authors'-model timer, the GPU side-by-side script, the street video,
 the README's picture."""
+import gzip
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from stau_jax import pictures
 from stau_jax import train
 from stau_jax import visualize
 from tests import runs
+from tools import profile_summary
 from tools import readme_picture
 from tools import torch_reference_step
 from tools import walking_people
@@ -193,3 +195,44 @@ def test_readme_picture_refuses_bad_flags_before_training(tmp_path, flags,
   assert result.returncode == 1 and message in result.stderr
   assert 'Traceback' not in result.stderr
   assert not os.path.exists(tmp_path / 'run')
+
+
+def _trace(path, events):
+  """A perfetto_trace.json.gz as jax.profiler writes it: two XLA worker
+  threads, the host thread's block_until_ready calls, op events (us)."""
+  names = [(1, 'tf_XLAEigen/1'), (2, 'tf_XLAEigen/2'), (3, 'python')]
+  trace = [{'ph': 'M', 'name': 'thread_name', 'pid': 1, 'tid': tid,
+            'args': {'name': name}} for tid, name in names]
+  trace += [{'ph': 'X', 'pid': 1, 'tid': tid, 'name': name, 'dur': dur}
+            for tid, name, dur in events]
+  os.makedirs(path)
+  with gzip.open(os.path.join(path, 'perfetto_trace.json.gz'), 'wt') as f:
+    json.dump({'traceEvents': trace}, f)
+
+
+def test_profile_summary_sums_op_kinds_per_step_without_containers(tmp_path):
+  _trace(str(tmp_path / 'plugins' / 'run'), [
+      (3, 'api.py:1 block_until_ready', 2_000_000),  # 2 steps of 1 s
+      (1, 'ThunkExecutor::Execute', 1_500_000),  # holds the ops below
+      (1, 'while.3', 1_400_000),
+      (1, 'dot_general.12', 600_000), (2, 'ynn_fusion', 200_000),
+      (1, 'wrapped_broadcast.4', 300_000), (2, 'copy_bitcast_fusion', 100_000),
+      (2, 'add_multiply_fusion.7', 200_000)])
+  result = profile_summary.summarize(str(tmp_path), steps=2)
+  assert result['step_s'] == pytest.approx(1.0)
+  assert result['threads'] == 2
+  kinds = {kind: round(seconds, 6) for kind, (seconds, _) in
+           result['kinds'].items()}
+  assert kinds == {'matmul / conv': 0.4, 'zero-fill broadcasts': 0.15,
+                   'copies / transposes': 0.05, 'elementwise fusions': 0.1}
+  assert result['busy'] == pytest.approx(0.7 / 2)
+
+
+def test_profile_summary_without_a_trace_is_one_error_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'tools/profile_summary.py', str(tmp_path)],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1
+  assert result.stderr.strip() == (
+      f'error: no perfetto_trace.json.gz under {tmp_path}')
