@@ -240,7 +240,8 @@ def _row_taps_conv(lhs, rhs, precision, mixed):
   bf16 matmuls are faster."""
   kh, kw, in_features, out_features = rhs.shape
   out_h, out_w = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
-  (taps,) = mixed.cast(_row_taps(lhs, kw, out_w))
+  (lhs,) = mixed.cast(lhs)  # before the taps: half the bytes to move
+  taps = _row_taps(lhs, kw, out_w)
   (kernel,) = mixed.cast(rhs.reshape(kh, kw * in_features, out_features))
   out = None
   for i in range(kh):
@@ -266,8 +267,10 @@ def _conv_valid_bwd(precision, operand_dtype, residuals, grad):
                                         dimension_numbers=_NHWC,
                                         precision=precision)
   else:
-    grad_lhs = _row_taps_conv(jnp.pad(grad, ((0, 0),) + full + ((0, 0),)),
-                              flipped, precision, mixed).astype(lhs.dtype)
+    (narrow_grad,) = mixed.cast(grad)
+    grad_lhs = _row_taps_conv(
+        jnp.pad(narrow_grad, ((0, 0),) + full + ((0, 0),)), flipped,
+        precision, mixed).astype(lhs.dtype)
   out_h, out_w = grad.shape[1:3]
   grad_2d = grad.reshape(-1, grad.shape[-1])
   contract_rows = (((0,), (0,)), ((), ()))
@@ -282,7 +285,7 @@ def _conv_valid_bwd(precision, operand_dtype, residuals, grad):
         for i in range(kh) for j in range(kw)])
   else:
     # One matmul per kernel row over the column taps, as the forward.
-    taps = _row_taps(lhs, kw, out_w)
+    taps = _row_taps(*mixed.cast(lhs), kw, out_w)
     grad_rhs = jnp.stack([
         mixed.dot_general(taps[:, i:i + out_h].reshape(-1, taps.shape[-1]),
                           grad_2d, contract_rows, precision)
