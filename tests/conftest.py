@@ -1,6 +1,28 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and one compilation cache per test run."""
+import os
+import shutil
+import tempfile
+
 import jax
 import pytest
+
+CACHE_VARIABLE = 'STAU_JAX_TEST_CACHE'
+
+
+def pytest_configure(config):
+  """Gives the run a fresh compilation cache (tests/runs.py), shared by its
+  xdist workers and the subprocesses tests start, never by other runs: a
+  jaxlib segfaulted reading an entry another run had left."""
+  if not hasattr(config, 'workerinput') and CACHE_VARIABLE not in os.environ:
+    os.environ[CACHE_VARIABLE] = tempfile.mkdtemp(prefix='stau_jax_test_xla_')
+    config.stash_cache_dir = os.environ[CACHE_VARIABLE]
+
+
+def pytest_unconfigure(config):
+  cache = getattr(config, 'stash_cache_dir', None)
+  if cache:
+    shutil.rmtree(cache, ignore_errors=True)
+    del os.environ[CACHE_VARIABLE]
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ from stau_jax import data
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, 'configs', 'tiny.py')
 TWO_CPU_DEVICES = '--xla_force_host_platform_device_count=2'
-COMPILATION_CACHE = os.path.join(tempfile.gettempdir(),
-                                 f'stau_jax_test_xla_cache_{os.getuid()}')
+# The run's own cache (tests/conftest.py), else one per user.
+COMPILATION_CACHE = os.environ.get('STAU_JAX_TEST_CACHE') or os.path.join(
+    tempfile.gettempdir(), f'stau_jax_test_xla_cache_{os.getuid()}')
 
 
 def enable_compilation_cache():
