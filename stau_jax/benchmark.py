@@ -155,7 +155,6 @@ def run(config, steps=5, profile_dir=None):
   """
   validate(config, profile_dir)
   model = predictor.create_model(config, config.half_precision)
-  compute_dtype, operand_dtype = predictor.compute_dtypes(config.half_precision)
   rng = jax.random.PRNGKey(config.seed)
   params = predictor.init_params(model, config, rng)
   optimizer = optax.adam(config.learning_rate)
@@ -205,7 +204,7 @@ def run(config, steps=5, profile_dir=None):
       'forward_gflop_per_s': round(forward_flops / forward_s / 1e9, 1),
       'samples_per_s': round(batch / train_step_s, 3),
       'device': f'{device.platform}:{device.device_kind}',
-      'compute_dtype': train.precision_name(compute_dtype, operand_dtype),
+      'compute_dtype': predictor.precision_name(config.half_precision),
       'conv_impl': ops.resolve_conv_impl(config.model.conv_impl),
       'params': predictor.count_params(params),
       'batch_size': batch,

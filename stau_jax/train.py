@@ -258,17 +258,9 @@ class Task(NamedTuple):
   frozen: Any = None
 
 
-def precision_name(dtype, operand_dtype):
-  """'float32', 'bfloat16', or 'bfloat16 convolutions, float32 math'."""
-  if operand_dtype is None:
-    return jnp.dtype(dtype).name
-  return f'{jnp.dtype(operand_dtype).name} convolutions, {jnp.dtype(dtype).name} math'
-
-
 def prediction_task(config):
   """The video predictor of `config`, trained and evaluated on its frames."""
   model = models.create_model(config, config.half_precision)
-  compute_dtype, operand_dtype = models.compute_dtypes(config.half_precision)
   eval_step = evaluate.make_eval_step(models.create_model(config), config)
   test_set = data.load_test_set(config)
 
@@ -299,7 +291,7 @@ def prediction_task(config):
       evaluate=evaluate_params, write_evaluation=write_evaluation,
       description=lambda params: (
           f'Model: {config.model.cell} cell, {models.count_params(params)} '
-          f'parameters; {precision_name(compute_dtype, operand_dtype)} '
+          f'parameters; {models.precision_name(config.half_precision)} '
           'compute.'))
 
 

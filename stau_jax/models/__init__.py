@@ -4,7 +4,7 @@ from stau_jax.models.predictor import (Predictor, compute_dtypes,
                                        count_params,
                                        create_model, init_params,
                                        norm_factory, param_shapes,
-                                       patch_frames,
+                                       patch_frames, precision_name,
                                        predict_with_auxiliary_loss,
                                        predict_with_records,
                                        unpatch_frames, validate_model_config)

@@ -98,6 +98,16 @@ def compute_dtypes(half_precision, backend=None):
   return jnp.bfloat16, None
 
 
+def precision_name(half_precision):
+  """What `compute_dtypes` means here in words: 'float32', 'bfloat16', or
+  'bfloat16 convolutions, float32 math'."""
+  dtype, operand_dtype = compute_dtypes(half_precision)
+  if operand_dtype is None:
+    return jnp.dtype(dtype).name
+  return (f'{jnp.dtype(operand_dtype).name} convolutions, '
+          f'{jnp.dtype(dtype).name} math')
+
+
 def conv_factory(dtype=jnp.float32, conv_impl='auto', operand_dtype=None):
   """`nn.Conv` computing in `dtype` with the `conv_impl` lowering, its
   operands cast to `operand_dtype` when given (`ops.conv`).
