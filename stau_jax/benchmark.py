@@ -79,7 +79,7 @@ def _median_seconds(fn, steps):
   return float(np.median(times))
 
 
-def _sub_jaxprs(eqn):
+def sub_jaxprs(eqn):
   """The jaxprs inside one equation's parameters (scan, pjit, remat, ...)."""
   for value in eqn.params.values():
     for item in value if isinstance(value, (tuple, list)) else (value,):
@@ -105,7 +105,7 @@ def count_flops(jaxpr):
       rhs = eqn.invars[1].aval.shape
       spec = eqn.params['dimension_numbers'].rhs_spec
       total += 2 * outputs * rhs[spec[1]] * math.prod(rhs[i] for i in spec[2:])
-    inner = sum(count_flops(sub) for sub in _sub_jaxprs(eqn))
+    inner = sum(count_flops(sub) for sub in sub_jaxprs(eqn))
     total += inner * (eqn.params['length'] if name == 'scan' else 1)
   return total
 

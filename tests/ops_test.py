@@ -9,6 +9,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from stau_jax import benchmark
 from stau_jax import ops
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -30,12 +31,8 @@ def _equations(jaxpr):
   """All equations of a jaxpr, those of its sub-jaxprs included."""
   for eqn in jaxpr.eqns:
     yield eqn
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (list, tuple)) else [param]:
-        if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          yield from _equations(sub.jaxpr)
-        elif isinstance(sub, jax.extend.core.Jaxpr):
-          yield from _equations(sub)
+    for sub in benchmark.sub_jaxprs(eqn):
+      yield from _equations(sub)
 
 
 class ConvTest(parameterized.TestCase):

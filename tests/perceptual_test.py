@@ -1,4 +1,8 @@
 """Tests of LPIPS and FVD against the packages' own networks and references."""
+import io
+import os
+import pickle
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +59,25 @@ def test_lpips_rejects_small_frames():
   frames = np.zeros((1, 1, 30, 64, 1), np.float32)
   with pytest.raises(ValueError, match='at least 31x31'):
     perceptual.lpips(frames, frames)
+
+
+def test_weight_files_load_arrays_and_never_call_other_globals(tmp_path):
+  weights = {'conv': {'kernel': np.arange(6, dtype=np.float32).reshape(2, 3),
+                      'bias': np.zeros(3, np.int64)}}
+  loaded = perceptual.load_weight_file(io.BytesIO(pickle.dumps(weights)))
+  np.testing.assert_array_equal(loaded['conv']['kernel'],
+                                weights['conv']['kernel'])
+  assert loaded['conv']['bias'].dtype == np.int64
+
+  marker = tmp_path / 'ran'
+
+  class Exploit:
+    def __reduce__(self):
+      return os.system, (f'touch {marker}',)
+
+  with pytest.raises(pickle.UnpicklingError, match='posix.system|os.system'):
+    perceptual.load_weight_file(io.BytesIO(pickle.dumps({'x': Exploit()})))
+  assert not marker.exists()
 
 
 def test_legacy_resize_hand_computed():
