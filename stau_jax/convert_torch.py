@@ -177,8 +177,10 @@ def load_torch_state_dict(path):
       raise errors.InputError(
           f'The PyTorch checkpoint holds a Python object ({found.group(1)}) '
           'besides tensors; stau_jax reads only tensors and never unpickles',
-          path, 'if you trust the file, save just its state_dict: '
-          'torch.save(torch.load(FILE, weights_only=False)["state_dict"], '
+          path, 'if you trust the file, save just its state_dict, still '
+          'loading it weights-only with that one class allowed: '
+          f'torch.serialization.add_safe_globals([{found.group(1)}]); '
+          'torch.save(torch.load(FILE, weights_only=True)["state_dict"], '
           '"weights.pt")') from e
     raise errors.InputError(
         f'Cannot read the PyTorch checkpoint ({type(e).__name__}: '

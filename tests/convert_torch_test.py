@@ -219,7 +219,9 @@ def test_checkpoint_with_python_objects_is_refused_unrun(tmp_path):
               'hyper_parameters': argparse.Namespace(lr=1e-3)}, path)
   with pytest.raises(errors.InputError,
                      match=r'Python object \(argparse.Namespace\).*never '
-                     r'unpickles \(.*model.ckpt\): if you trust'):
+                     r'unpickles \(.*model.ckpt\): if you trust.*'
+                     r'add_safe_globals\(\[argparse.Namespace\]\).*'
+                     r'weights_only=True'):
     convert_torch.convert_checkpoint(path, config, str(tmp_path / 'x.export'))
   assert os.listdir(tmp_path) == ['model.ckpt']
 
