@@ -37,6 +37,7 @@ import optax
 
 from stau_jax import cli
 from stau_jax import data
+from stau_jax import onednn
 from stau_jax import ops
 from stau_jax import outputs
 from stau_jax import train
@@ -91,7 +92,7 @@ def sub_jaxprs(eqn):
 
 def count_flops(jaxpr):
   """Multiply-add FLOPs (2 per multiply-add) of the matmuls and
-  convolutions of a jaxpr, scan bodies counted `length` times (XLA's cost
+  convolutions (lax's and oneDNN's) of a jaxpr, scan bodies counted `length` times (XLA's cost
   analysis counts a loop body once). while bodies count once."""
   total = 0
   for eqn in jaxpr.eqns:
@@ -105,6 +106,10 @@ def count_flops(jaxpr):
       rhs = eqn.invars[1].aval.shape
       spec = eqn.params['dimension_numbers'].rhs_spec
       total += 2 * outputs * rhs[spec[1]] * math.prod(rhs[i] for i in spec[2:])
+    elif name == 'ffi_call' and eqn.params['target_name'] == onednn.TARGET:
+      total += onednn.call_flops(eqn.params['attributes'],
+                                 *(v.aval.shape for v in eqn.invars),
+                                 eqn.outvars[0].aval.shape)
     inner = sum(count_flops(sub) for sub in sub_jaxprs(eqn))
     total += inner * (eqn.params['length'] if name == 'scan' else 1)
   return total

@@ -6,8 +6,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from stau_jax import benchmark
+from stau_jax import onednn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ('train_step_s', 'forward_s', 'compile_s', 'peak_rss_mb',
@@ -27,7 +29,7 @@ def test_cli_prints_json_last_and_writes_a_trace(tmp_path):
     assert key in stats, key
   assert stats['train_step_s'] > 0 and stats['forward_s'] > 0
   assert stats['params'] > 0 and stats['batch_size'] == 4
-  assert stats['conv_impl'] in ('fast', 'resample', 'xla')
+  assert stats['conv_impl'] in ('fast', 'resample', 'xla', 'onednn')
   assert stats['compute_dtype'] == 'bfloat16 convolutions, float32 math'
   if stats['device'].startswith('cpu'):
     assert stats['peak_device_mb'] is None
@@ -50,3 +52,19 @@ def test_flop_count_counts_scan_bodies_per_step_and_convolutions():
   assert benchmark.count_flops(jax.make_jaxpr(conv)(
       jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 3))).jaxpr) == (
           2 * 8 * 8 * 3 * 3 * 3 * 2)
+
+
+def test_flop_count_counts_onednn_calls_forward_and_backward():
+  if not onednn.available():
+    pytest.skip('oneDNN extension not built here')
+  x, kernel = jnp.ones((2, 8, 8, 2)), jnp.ones((3, 3, 2, 3))
+  strided = lambda x, kernel: onednn.conv(  # noqa: E731
+      x, kernel, (2, 2), ((1, 1), (1, 1)))  # -> (2, 4, 4, 3)
+  forward = 2 * 2 * 4 * 4 * 3 * 3 * 3 * 2
+  assert benchmark.count_flops(
+      jax.make_jaxpr(strided)(x, kernel).jaxpr) == forward
+  # The gradients: one backward-data and one backward-weights call, each
+  # as many FLOPs as the forward.
+  assert benchmark.count_flops(jax.make_jaxpr(jax.grad(
+      lambda x, kernel: jnp.sum(strided(x, kernel)), argnums=(0, 1)))(
+          x, kernel).jaxpr) == 3 * forward

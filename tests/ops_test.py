@@ -10,9 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from stau_jax import benchmark
+from stau_jax import onednn
 from stau_jax import ops
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+# Every lowering that runs here (oneDNN's where its extension is built).
+_IMPLS = ('fast', 'resample', 'xla') + (('onednn',) if onednn.available()
+                                        else ())
 
 
 def _value_and_grads(fn, lhs, rhs):
@@ -65,7 +69,7 @@ class ConvTest(parameterized.TestCase):
         impl=impl)
     reference = lambda lhs, rhs: lax.conv_general_dilated(  # noqa: E731
         lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC)
-    for impl in ('fast', 'resample', 'xla'):
+    for impl in _IMPLS:
       self.assert_same(conv(impl), reference, lhs, rhs)
 
   @parameterized.parameters(
@@ -84,7 +88,7 @@ class ConvTest(parameterized.TestCase):
         rounded(lhs), rounded(rhs), (stride, stride), padding,
         dimension_numbers=_NHWC, precision=lax.Precision.HIGHEST)
     want_value, want_grads = _value_and_grads(reference, lhs, rhs)
-    for impl in ('fast', 'resample', 'xla'):
+    for impl in _IMPLS:
       value, grads = _value_and_grads(
           lambda lhs, rhs, impl=impl: ops.conv(
               lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC,
@@ -113,7 +117,7 @@ class ConvTest(parameterized.TestCase):
     reference = lambda lhs, rhs: lax.conv_transpose(  # noqa: E731
         lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC,
         transpose_kernel=True)
-    for impl in ('fast', 'resample'):
+    for impl in set(_IMPLS) - {'xla'}:
       self.assert_same(conv_transpose(impl), reference, lhs, rhs)
 
   def test_flax_conv_same_params_and_grads(self):
@@ -168,8 +172,9 @@ class ConvTest(parameterized.TestCase):
   def test_resolve_conv_impl(self):
     self.assertEqual(ops.resolve_conv_impl('xla'), 'xla')
     self.assertEqual(ops.resolve_conv_impl('resample'), 'resample')
+    cpu = 'onednn' if onednn.available() else 'fast'
     self.assertEqual(ops.resolve_conv_impl('auto'),
-                     {'cpu': 'fast', 'gpu': 'resample'}.get(
+                     {'cpu': cpu, 'gpu': 'resample'}.get(
                          jax.default_backend(), 'xla'))
     with self.assertRaisesRegex(ValueError, 'conv_impl'):
       ops.resolve_conv_impl('cudnn')

@@ -1,0 +1,270 @@
+// 2D convolutions on the CPU through oneDNN, as XLA FFI custom calls.
+//
+// One handler, `OnednnConv`, computes one of three things (attribute `kind`)
+// for NHWC activations and HWIO kernels, float32 or bfloat16 operands, always
+// a float32 result:
+//   0 forward:          (src, weights)   -> dst
+//   1 backward data:    (diff_dst, weights) -> diff_src
+//   2 backward weights: (src, diff_dst)  -> diff_weights
+// with strides (stride_h, stride_w) and explicit non-negative padding
+// (pad_top, pad_bottom, pad_left, pad_right). The result's shape (from XLA)
+// fixes the remaining sizes. The Python module `stau_jax._onednn_conv` gives
+// the handler as a capsule (`handler()`); stau_jax/onednn.py registers it.
+//
+// oneDNN picks the kernel layout it runs fastest (format `any`); kernels are
+// reordered to and from HWIO around each call (a few hundred KB). Primitives
+// are built once per shape and kept; each call brings its own scratchpad, so
+// concurrent calls from XLA's threads are safe.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+
+enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+struct Problem {
+  int64_t kind, batch, in_c, in_h, in_w, out_c, out_h, out_w, kernel_h,
+      kernel_w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right;
+  dt operand_type;
+
+  auto key() const {
+    return std::make_tuple(kind, batch, in_c, in_h, in_w, out_c, out_h, out_w,
+                           kernel_h, kernel_w, stride_h, stride_w, pad_top,
+                           pad_bottom, pad_left, pad_right,
+                           static_cast<int>(operand_type));
+  }
+  bool operator<(const Problem& other) const { return key() < other.key(); }
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// A built primitive with its memory descriptors.
+struct Plan {
+  dnnl::primitive primitive;
+  dnnl::memory::desc src, weights, dst, scratchpad;  // diff_* for backward.
+  dnnl::memory::desc user_weights;                   // HWIO.
+  dnnl::reorder weights_reorder;                     // user <-> primitive.
+  bool reorder_weights = false;
+};
+
+Plan Build(const Problem& p) {
+  auto& engine = Engine();
+  dnnl::memory::dims src_dims = {p.batch, p.in_c, p.in_h, p.in_w};
+  dnnl::memory::dims weights_dims = {p.out_c, p.in_c, p.kernel_h, p.kernel_w};
+  dnnl::memory::dims dst_dims = {p.batch, p.out_c, p.out_h, p.out_w};
+  dnnl::memory::dims strides = {p.stride_h, p.stride_w};
+  dnnl::memory::dims pad_l = {p.pad_top, p.pad_left};
+  dnnl::memory::dims pad_r = {p.pad_bottom, p.pad_right};
+  const dt op = p.operand_type;
+  // Operands in the operand type, results in float32.
+  const dt src_type = p.kind == kBackwardData ? dt::f32 : op;
+  const dt dst_type = p.kind == kForward ? dt::f32 : op;
+  const dt weights_type = p.kind == kBackwardWeights ? dt::f32 : op;
+  dnnl::memory::desc src(src_dims, src_type, tag::nhwc);
+  dnnl::memory::desc dst(dst_dims, dst_type, tag::nhwc);
+  dnnl::memory::desc any_weights(weights_dims, weights_type, tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+
+  // The forward descriptor every backward needs as a hint.
+  dnnl::memory::desc fwd_src(src_dims, op, tag::nhwc);
+  dnnl::memory::desc fwd_dst(dst_dims, dt::f32, tag::nhwc);
+  dnnl::memory::desc fwd_weights(weights_dims, op, tag::any);
+  auto fwd_pd = dnnl::convolution_forward::primitive_desc(
+      engine, dnnl::prop_kind::forward_training,
+      dnnl::algorithm::convolution_direct, fwd_src, fwd_weights, fwd_dst,
+      strides, pad_l, pad_r, attr);
+
+  Plan plan;
+  plan.user_weights =
+      dnnl::memory::desc(weights_dims, weights_type, tag::hwio);
+  if (p.kind == kForward) {
+    plan.primitive = dnnl::convolution_forward(fwd_pd);
+    plan.src = src;
+    plan.dst = dst;
+    plan.weights = fwd_pd.weights_desc();
+    plan.scratchpad = fwd_pd.scratchpad_desc();
+  } else if (p.kind == kBackwardData) {
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        engine, dnnl::algorithm::convolution_direct, src, any_weights, dst,
+        strides, pad_l, pad_r, fwd_pd, attr);
+    plan.primitive = dnnl::convolution_backward_data(pd);
+    plan.src = src;
+    plan.dst = dst;
+    plan.weights = pd.weights_desc();
+    plan.scratchpad = pd.scratchpad_desc();
+  } else {
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        engine, dnnl::algorithm::convolution_direct, src, any_weights, dst,
+        strides, pad_l, pad_r, fwd_pd, attr);
+    plan.primitive = dnnl::convolution_backward_weights(pd);
+    plan.src = src;
+    plan.dst = dst;
+    plan.weights = pd.diff_weights_desc();
+    plan.scratchpad = pd.scratchpad_desc();
+  }
+  plan.reorder_weights = plan.weights != plan.user_weights;
+  if (plan.reorder_weights) {
+    plan.weights_reorder =
+        p.kind == kBackwardWeights
+            ? dnnl::reorder(dnnl::reorder::primitive_desc(
+                  engine, plan.weights, engine, plan.user_weights))
+            : dnnl::reorder(dnnl::reorder::primitive_desc(
+                  engine, plan.user_weights, engine, plan.weights));
+  }
+  return plan;
+}
+
+const Plan& GetPlan(const Problem& problem) {
+  static std::mutex mutex;
+  static std::map<Problem, std::unique_ptr<Plan>> plans;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& plan = plans[problem];
+  if (!plan) plan = std::make_unique<Plan>(Build(problem));
+  return *plan;
+}
+
+ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
+               ffi::Result<ffi::AnyBuffer> out, int64_t kind, int64_t stride_h,
+               int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+               int64_t pad_left, int64_t pad_right) {
+  if (kind < kForward || kind > kBackwardWeights) {
+    return ffi::Error::InvalidArgument("onednn_conv: unknown kind");
+  }
+  if (a.dimensions().size() != 4 || b.dimensions().size() != 4 ||
+      out->dimensions().size() != 4) {
+    return ffi::Error::InvalidArgument("onednn_conv: operands must be 4-D");
+  }
+  if (out->element_type() != ffi::DataType::F32) {
+    return ffi::Error::InvalidArgument("onednn_conv: result must be float32");
+  }
+  const auto operand = a.element_type();
+  dt operand_type;
+  if (operand == ffi::DataType::F32) {
+    operand_type = dt::f32;
+  } else if (operand == ffi::DataType::BF16) {
+    operand_type = dt::bf16;
+  } else {
+    return ffi::Error::InvalidArgument(
+        "onednn_conv: operands must be float32 or bfloat16");
+  }
+  if (b.element_type() != operand) {
+    return ffi::Error::InvalidArgument(
+        "onednn_conv: both operands must have one dtype");
+  }
+  // NHWC activations, HWIO kernel.
+  auto src = kind == kBackwardData ? out->dimensions() : a.dimensions();
+  auto dst = kind == kForward ? out->dimensions()
+             : kind == kBackwardData ? a.dimensions()
+                                     : b.dimensions();
+  auto weights = kind == kBackwardWeights ? out->dimensions() : b.dimensions();
+  Problem problem{kind,       src[0],     src[3],     src[1],
+                  src[2],     dst[3],     dst[1],     dst[2],
+                  weights[0], weights[1], stride_h,   stride_w,
+                  pad_top,    pad_bottom, pad_left,   pad_right,
+                  operand_type};
+  if (weights[2] != src[3] || weights[3] != dst[3] || src[0] != dst[0]) {
+    return ffi::Error::InvalidArgument("onednn_conv: inconsistent shapes");
+  }
+  try {
+    const Plan& plan = GetPlan(problem);
+    auto& engine = Engine();
+    dnnl::stream stream(engine);
+    void* src_data = kind == kBackwardData ? out->untyped_data()
+                                           : a.untyped_data();
+    void* dst_data = kind == kForward ? out->untyped_data()
+                     : kind == kBackwardData ? a.untyped_data()
+                                             : b.untyped_data();
+    void* user_weights_data =
+        kind == kBackwardWeights ? out->untyped_data() : b.untyped_data();
+    dnnl::memory src_memory(plan.src, engine, src_data);
+    dnnl::memory dst_memory(plan.dst, engine, dst_data);
+    dnnl::memory user_weights(plan.user_weights, engine, user_weights_data);
+    dnnl::memory weights_memory = user_weights;
+    if (plan.reorder_weights) {
+      weights_memory = dnnl::memory(plan.weights, engine);
+      if (kind != kBackwardWeights) {
+        plan.weights_reorder.execute(stream, user_weights, weights_memory);
+      }
+    }
+    dnnl::memory scratchpad(plan.scratchpad, engine);
+    std::unordered_map<int, dnnl::memory> args = {
+        {DNNL_ARG_SCRATCHPAD, scratchpad}};
+    if (kind == kForward) {
+      args[DNNL_ARG_SRC] = src_memory;
+      args[DNNL_ARG_WEIGHTS] = weights_memory;
+      args[DNNL_ARG_DST] = dst_memory;
+    } else if (kind == kBackwardData) {
+      args[DNNL_ARG_DIFF_SRC] = src_memory;
+      args[DNNL_ARG_WEIGHTS] = weights_memory;
+      args[DNNL_ARG_DIFF_DST] = dst_memory;
+    } else {
+      args[DNNL_ARG_SRC] = src_memory;
+      args[DNNL_ARG_DIFF_WEIGHTS] = weights_memory;
+      args[DNNL_ARG_DIFF_DST] = dst_memory;
+    }
+    plan.primitive.execute(stream, args);
+    if (plan.reorder_weights && kind == kBackwardWeights) {
+      plan.weights_reorder.execute(stream, weights_memory, user_weights);
+    }
+    stream.wait();
+  } catch (const dnnl::error& error) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + error.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv, Run,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kind")
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right"));
+
+namespace {
+
+PyObject* Handler(PyObject*, PyObject*) {
+  return PyCapsule_New(reinterpret_cast<void*>(&OnednnConv), nullptr, nullptr);
+}
+
+PyMethodDef kMethods[] = {
+    {"handler", Handler, METH_NOARGS,
+     "The XLA FFI handler OnednnConv as a capsule, for "
+     "jax.ffi.register_ffi_target."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_onednn_conv",
+                       "oneDNN convolutions as an XLA FFI handler.", -1,
+                       kMethods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__onednn_conv() { return PyModule_Create(&kModule); }

@@ -1,0 +1,147 @@
+"""stau_jax.onednn: oneDNN's convolutions equal lax's, in value and gradient."""
+import os
+import platform
+import sys
+from unittest import mock
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from stau_jax import onednn
+from stau_jax import ops
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+_LINUX_X86 = sys.platform == 'linux' and platform.machine() == 'x86_64'
+
+
+def _normal(seed, *shapes):
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes]
+
+
+def _value_and_grads(fn, lhs, rhs):
+  """fn(lhs, rhs) and the gradients of a nonlinear scalar of it."""
+  loss = lambda lhs, rhs: jnp.sum(jnp.sin(fn(lhs, rhs)))  # noqa: E731
+  return fn(lhs, rhs), jax.grad(loss, argnums=(0, 1))(lhs, rhs)
+
+
+class AvailabilityTest(absltest.TestCase):
+
+  def test_built_and_loaded_on_linux_x86_64(self):
+    """`pip install -e .` builds it there (setup.py); a broken build fails
+    here instead of silently falling back to XLA's convolutions."""
+    if not _LINUX_X86:
+      self.skipTest('the oneDNN wheel is for Linux x86-64 only')
+    self.assertTrue(onednn.available(), onednn._status()[1])
+
+  def test_unavailable_falls_back_and_explains(self):
+    try:
+      with mock.patch.dict(os.environ, {'STAU_JAX_ONEDNN': '0'}):
+        onednn._status.cache_clear()
+        self.assertFalse(onednn.available())
+        self.assertEqual(ops.resolve_conv_impl('auto'),
+                         {'cpu': 'fast', 'gpu': 'resample'}.get(
+                             jax.default_backend(), 'xla'))
+        with self.assertRaisesRegex(
+            ValueError, r"conv_impl='onednn' cannot run: STAU_JAX_ONEDNN=0 "
+            r".*pip install -e \..*conv_impl='fast'"):
+          ops.resolve_conv_impl('onednn')
+    finally:
+      onednn._status.cache_clear()
+
+
+@absltest.skipUnless(onednn.available(), 'oneDNN extension not built here')
+class ConvTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      # batch, height, width, in, out, kernel, stride, padding
+      (2, 16, 16, 8, 12, 5, (1, 1), ((2, 2), (2, 2))),
+      (1, 7, 10, 3, 4, 3, (1, 1), ((0, 1), (2, 0))),
+      (2, 16, 16, 8, 8, 3, (2, 2), ((1, 1), (1, 1))),
+      (1, 15, 10, 3, 4, 3, (2, 1), ((1, 1), (0, 0))),
+      (3, 12, 9, 4, 3, 5, (3, 3), ((0, 0), (0, 0))),
+  )
+  def test_float32_equals_lax(self, batch, height, width, features_in,
+                              features_out, kernel, strides, padding):
+    lhs, rhs = _normal(0, (batch, height, width, features_in),
+                       (kernel, kernel, features_in, features_out))
+    value, grads = _value_and_grads(
+        lambda lhs, rhs: onednn.conv(lhs, rhs, strides, padding), lhs, rhs)
+    want_value, want_grads = _value_and_grads(
+        lambda lhs, rhs: lax.conv_general_dilated(
+            lhs, rhs, strides, padding, dimension_numbers=_NHWC,
+            precision=lax.Precision.HIGHEST), lhs, rhs)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-4)
+    for grad, want in zip(grads, want_grads):
+      self.assertEqual(grad.shape, want.shape)
+      np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-4)
+
+  def test_a_wrong_kernel_fails_the_comparison(self):
+    lhs, rhs = _normal(1, (1, 8, 8, 3), (3, 3, 3, 2))
+    got = onednn.conv(lhs, rhs, (1, 1), ((1, 1), (1, 1)))
+    flipped = lax.conv_general_dilated(lhs, jnp.flip(rhs, 0), (1, 1), 'SAME',
+                                       dimension_numbers=_NHWC)
+    self.assertGreater(float(jnp.max(jnp.abs(got - flipped))), 0.1)
+
+  def test_bfloat16_operands_accumulate_in_float32(self):
+    lhs, rhs = _normal(2, (2, 16, 16, 16), (5, 5, 16, 24))
+    rounded = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+    padding = ((2, 2), (2, 2))
+    value, grads = _value_and_grads(
+        lambda lhs, rhs: onednn.conv(lhs, rhs, (1, 1), padding, jnp.bfloat16),
+        lhs, rhs)
+    want_value, want_grads = _value_and_grads(
+        lambda lhs, rhs: lax.conv_general_dilated(
+            rounded(lhs), rounded(rhs), (1, 1), padding,
+            dimension_numbers=_NHWC, precision=lax.Precision.HIGHEST),
+        lhs, rhs)
+    self.assertEqual(value.dtype, jnp.float32)
+    # Products of bfloat16 operands are exact in float32 sums.
+    np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-4)
+    for grad, want in zip(grads, want_grads):
+      self.assertEqual(grad.dtype, jnp.float32)
+      # The backward rounds the incoming gradient to bfloat16 too.
+      np.testing.assert_allclose(grad, want, rtol=0,
+                                 atol=0.02 * float(np.abs(want).max()))
+
+  def test_bfloat16_inputs_give_bfloat16(self):
+    lhs, rhs = _normal(3, (1, 6, 6, 4), (3, 3, 4, 5))
+    out = onednn.conv(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16),
+                      (1, 1), ((1, 1), (1, 1)))
+    self.assertEqual(out.dtype, jnp.bfloat16)
+    want = lax.conv_general_dilated(lhs, rhs, (1, 1), 'SAME',
+                                    dimension_numbers=_NHWC)
+    np.testing.assert_allclose(out.astype(jnp.float32), want, rtol=0.05,
+                               atol=0.1)
+
+  def test_inside_jit_scan_and_vmap(self):
+    lhs, rhs = _normal(4, (3, 2, 8, 8, 4), (3, 3, 4, 4))
+    padding = ((1, 1), (1, 1))
+
+    def run(conv):
+      def step(x, _):
+        y = jnp.tanh(conv(x, rhs))
+        return y, jnp.sum(y)
+      return lambda lhs: jnp.sum(lax.scan(step, lhs, None, length=3)[1])
+
+    ours = run(lambda x, w: onednn.conv(x, w, (1, 1), padding))
+    theirs = run(lambda x, w: lax.conv_general_dilated(
+        x, w, (1, 1), padding, dimension_numbers=_NHWC))
+    got = jax.jit(jax.vmap(jax.value_and_grad(ours)))(lhs)
+    want = jax.vmap(jax.value_and_grad(theirs))(lhs)
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+  def test_a_bad_call_is_an_error_not_a_crash(self):
+    lhs, rhs = _normal(5, (1, 4, 4, 2), (3, 3, 2, 2))
+    with self.assertRaisesRegex(Exception, 'onednn_conv: unknown kind'):
+      jax.block_until_ready(onednn._call(7, lhs, rhs, (1, 2, 2, 2), (1, 1),
+                                         ((0, 0), (0, 0))))
+
+
+if __name__ == '__main__':
+  absltest.main()
