@@ -82,6 +82,7 @@ def supports(lhs_dtype, operand_dtype):
 
 
 def _call(kind, a, b, out_shape, strides, padding):
+  check_available()  # registers the target on first use
   (top, bottom), (left, right) = padding
   return jax.ffi.ffi_call(
       TARGET, jax.ShapeDtypeStruct(out_shape, jnp.float32),

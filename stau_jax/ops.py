@@ -61,16 +61,18 @@ def resolve_conv_impl(impl='auto'):
   """'auto' -> 'onednn' on CPU ('fast' where oneDNN is unavailable),
   'resample' on GPU, else 'xla'. Others are checked: ValueError for an
   unknown one, or 'onednn' off CPU or unavailable (saying how to fix it)."""
-  impl = resolve_auto('conv_impl', impl, CONV_IMPLS, 'xla',
-                      cpu='onednn' if onednn.available() else 'fast',
-                      gpu='resample')
-  if impl == 'onednn':
-    if jax.default_backend() != 'cpu':
-      raise ValueError(f"config.model.conv_impl='onednn' runs on the CPU "
-                       f'only; this backend is {jax.default_backend()!r}: '
-                       f"use 'auto'.")
-    onednn.check_available()
-  return impl
+  resolved = resolve_auto('conv_impl', impl, CONV_IMPLS, 'xla', cpu='onednn',
+                          gpu='resample')
+  if resolved != 'onednn':
+    return resolved
+  if impl == 'auto':
+    return 'onednn' if onednn.available() else 'fast'
+  if jax.default_backend() != 'cpu':
+    raise ValueError(f"config.model.conv_impl='onednn' runs on the CPU "
+                     f'only; this backend is {jax.default_backend()!r}: '
+                     f"use 'auto'.")
+  onednn.check_available()
+  return resolved
 
 
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -395,3 +397,37 @@ def _subpixel_conv(lhs, rhs, dilation, padding, precision, impl,
   y = y.transpose(0, 1, 3, 2, 4, 5).reshape(batch, steps_h * sh, steps_w * sw,
                                             out_features)
   return y[:, :out_size[0], :out_size[1]]
+
+
+def broadcast_leading(value, shape):
+  """`value` (1, ...) broadcast to `shape` (B, ...): a parameter shared by
+  the B samples of a batch.
+
+  Same values as `jnp.broadcast_to`. Its gradient, the sum over the B
+  samples, is on CPU B - 1 adds of slices, one fused loop: XLA:CPU sends a
+  reduction over a leading axis to YNNPACK, which took 3.4-5.8 ms for the
+  LayerNorms' (8, 16, 16, 192) parameter gradients, about 1.4 s of a
+  `configs/mmnist.py` training step (docs/speed.md).
+  """
+  return _broadcast_leading(value, tuple(shape))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _broadcast_leading(value, shape):
+  return jnp.broadcast_to(value, shape)
+
+
+def _broadcast_leading_fwd(value, shape):
+  return _broadcast_leading(value, shape), None
+
+
+def _broadcast_leading_bwd(shape, _, grad):
+  if jax.default_backend() != 'cpu':
+    return (jnp.sum(grad, axis=0, keepdims=True),)
+  total = grad[:1]
+  for i in range(1, shape[0]):
+    total = total + grad[i:i + 1]
+  return (total,)
+
+
+_broadcast_leading.defvjp(_broadcast_leading_fwd, _broadcast_leading_bwd)

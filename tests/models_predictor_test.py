@@ -321,3 +321,25 @@ def test_frames_of_the_wrong_shape_are_clear_errors(tiny_model):
     model.apply({'params': params}, jnp.zeros((1, 8, 15, 16, 1)))
   with pytest.raises(ValueError, match='at least input_length'):
     model.apply({'params': params}, jnp.zeros((1, 4, 16, 16, 1)))
+
+
+@pytest.mark.parametrize('axes', [(-3, -2, -1), (-4, -3, -2, -1), (-1,)])
+def test_layer_norm_equals_flax_layer_norm_in_value_and_gradient(axes):
+  """The same parameters, values and gradients as nn.LayerNorm (the
+  batch-shared scale and bias only change how XLA sums their gradients)."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 4, 5, 6)) * 3 + 1
+  cotangent = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  ours = models.predictor.LayerNorm(epsilon=1e-5, reduction_axes=axes,
+                                    feature_axes=axes)
+  flax_norm = nn.LayerNorm(epsilon=1e-5, reduction_axes=axes,
+                           feature_axes=axes, use_fast_variance=False)
+  params = perturb.perturb(flax_norm.init(jax.random.PRNGKey(2), x), 0.5, 3)
+  loss = lambda norm: jax.value_and_grad(  # noqa: E731
+      lambda p, x: jnp.sum(norm.apply(p, x) * cotangent), argnums=(0, 1))(
+          params, x)
+  (value, grads), (want_value, want_grads) = loss(ours), loss(flax_norm)
+  np.testing.assert_allclose(value, want_value, rtol=1e-6)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+      grads, want_grads)

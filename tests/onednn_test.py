@@ -1,6 +1,7 @@
 """stau_jax.onednn: oneDNN's convolutions equal lax's, in value and gradient."""
 import os
 import platform
+import subprocess
 import sys
 from unittest import mock
 
@@ -14,6 +15,7 @@ import numpy as np
 from stau_jax import onednn
 from stau_jax import ops
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 _LINUX_X86 = sys.platform == 'linux' and platform.machine() == 'x86_64'
 
@@ -52,6 +54,20 @@ class AvailabilityTest(absltest.TestCase):
           ops.resolve_conv_impl('onednn')
     finally:
       onednn._status.cache_clear()
+
+  def test_cli_refuses_onednn_where_unavailable_in_one_line(self):
+    result = subprocess.run(
+        [sys.executable, '-m', 'stau_jax.benchmark', '--config=configs/tiny.py',
+         '--config.model.conv_impl=onednn'],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=REPO, STAU_JAX_ONEDNN='0'))
+    self.assertEqual(result.returncode, 1, result.stderr[-2000:])
+    self.assertNotIn('Traceback', result.stderr)
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith('error:')]
+    self.assertLen(errors, 1, result.stderr)
+    self.assertRegex(errors[0], r"^error: config.model.conv_impl='onednn' "
+                     r"cannot run: STAU_JAX_ONEDNN=0")
 
 
 @absltest.skipUnless(onednn.available(), 'oneDNN extension not built here')

@@ -191,5 +191,27 @@ class ConvTest(parameterized.TestCase):
       ops.resolve_auto('opt', 'c', choices, 'b')
 
 
+class BroadcastLeadingTest(absltest.TestCase):
+
+  def test_values_and_gradient_of_broadcast_to(self):
+    value, cotangent = _normal(3, (1, 4, 5), (6, 4, 5))
+    loss = lambda fn: jax.grad(  # noqa: E731
+        lambda v: jnp.sum(jnp.sin(fn(v, (6, 4, 5))) * cotangent))(value)
+    np.testing.assert_array_equal(ops.broadcast_leading(value, (6, 4, 5)),
+                                  jnp.broadcast_to(value, (6, 4, 5)))
+    np.testing.assert_allclose(loss(ops.broadcast_leading),
+                               loss(jnp.broadcast_to), rtol=1e-6, atol=1e-6)
+
+  def test_cpu_gradient_adds_slices_instead_of_reducing(self):
+    if jax.default_backend() != 'cpu':
+      self.skipTest('the slice sum is the CPU\'s')
+    jaxpr = jax.make_jaxpr(jax.grad(lambda v: jnp.sum(
+        jnp.sin(ops.broadcast_leading(v, (8, 3)))), argnums=0))(
+            jnp.ones((1, 3)))
+    names = [eqn.primitive.name for eqn in _equations(jaxpr.jaxpr)]
+    self.assertEqual(names.count('reduce_sum'), 1)  # the loss's own sum
+    self.assertEqual(names.count('add'), 7)  # 8 slices summed
+
+
 if __name__ == '__main__':
   absltest.main()

@@ -13,8 +13,9 @@
 //
 // oneDNN picks the kernel layout it runs fastest (format `any`); kernels are
 // reordered to and from HWIO around each call (a few hundred KB). Primitives
-// are built once per shape and kept; each call brings its own scratchpad, so
-// concurrent calls from XLA's threads are safe.
+// are built once per shape and kept; each calling thread brings its own
+// scratchpad and kernel buffers, so concurrent calls from XLA's threads are
+// safe.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -135,6 +136,17 @@ Plan Build(const Problem& p) {
   return plan;
 }
 
+// A buffer of at least `bytes`, 64-byte aligned, kept by the calling thread
+// across calls (slot 0: scratchpad, 1: reordered kernel): no allocation and
+// no fresh pages per call.
+void* ThreadBuffer(int slot, size_t bytes) {
+  thread_local std::vector<char> buffers[2];
+  auto& buffer = buffers[slot];
+  if (buffer.size() < bytes + 64) buffer.resize(bytes + 64);
+  auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
+  return reinterpret_cast<void*>((address + 63) & ~std::uintptr_t{63});
+}
+
 const Plan& GetPlan(const Problem& problem) {
   static std::mutex mutex;
   static std::map<Problem, std::unique_ptr<Plan>> plans;
@@ -189,7 +201,7 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
   try {
     const Plan& plan = GetPlan(problem);
     auto& engine = Engine();
-    dnnl::stream stream(engine);
+    thread_local dnnl::stream stream(engine);
     void* src_data = kind == kBackwardData ? out->untyped_data()
                                            : a.untyped_data();
     void* dst_data = kind == kForward ? out->untyped_data()
@@ -202,12 +214,14 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
     dnnl::memory user_weights(plan.user_weights, engine, user_weights_data);
     dnnl::memory weights_memory = user_weights;
     if (plan.reorder_weights) {
-      weights_memory = dnnl::memory(plan.weights, engine);
+      weights_memory = dnnl::memory(
+          plan.weights, engine, ThreadBuffer(1, plan.weights.get_size()));
       if (kind != kBackwardWeights) {
         plan.weights_reorder.execute(stream, user_weights, weights_memory);
       }
     }
-    dnnl::memory scratchpad(plan.scratchpad, engine);
+    dnnl::memory scratchpad(plan.scratchpad, engine,
+                            ThreadBuffer(0, plan.scratchpad.get_size()));
     std::unordered_map<int, dnnl::memory> args = {
         {DNNL_ARG_SCRATCHPAD, scratchpad}};
     if (kind == kForward) {
