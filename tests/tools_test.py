@@ -217,15 +217,16 @@ def test_profile_summary_sums_op_kinds_per_step_without_containers(tmp_path):
       (1, 'while.3', 1_400_000),
       (1, 'dot_general.12', 600_000), (2, 'ynn_fusion', 200_000),
       (1, 'wrapped_broadcast.4', 300_000), (2, 'copy_bitcast_fusion', 100_000),
-      (2, 'add_multiply_fusion.7', 200_000)])
+      (2, 'add_multiply_fusion.7', 200_000), (1, 'ffi_call.3', 100_000)])
   result = profile_summary.summarize(str(tmp_path), steps=2)
   assert result['step_s'] == pytest.approx(1.0)
   assert result['threads'] == 2
   kinds = {kind: round(seconds, 6) for kind, (seconds, _) in
            result['kinds'].items()}
   assert kinds == {'matmul / conv': 0.4, 'zero-fill broadcasts': 0.15,
-                   'copies / transposes': 0.05, 'elementwise fusions': 0.1}
-  assert result['busy'] == pytest.approx(0.7 / 2)
+                   'copies / transposes': 0.05, 'elementwise fusions': 0.1,
+                   'oneDNN convolutions': 0.05}
+  assert result['busy'] == pytest.approx(0.75 / 2)
 
 
 def test_profile_summary_without_a_trace_is_one_error_line(tmp_path):

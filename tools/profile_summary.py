@@ -6,8 +6,10 @@ r"""Where a training step's time goes, from a `benchmark --profile_dir` trace.
 
 Reads the newest perfetto_trace.json.gz under the folder and prints, per
 training step, the wall time, how busy XLA:CPU's worker threads were, and
-the time of the ops on them by kind (matmuls and convolutions, data
-movement, elementwise fusions, loops), with the call counts.
+the time of the ops on them by kind (oneDNN's convolutions, XLA's matmuls
+and convolutions, data movement, elementwise fusions, loops), with the call
+counts. A oneDNN call's time is that of the XLA thread waiting on it (oneDNN
+runs it on its own OpenMP threads as well).
 """
 import argparse
 import collections
@@ -23,6 +25,7 @@ CONTAINERS = re.compile(r'ThunkExecutor|ThreadpoolListener|end: |while|'
                         r'conditional|call')
 # Op-name patterns -> kind, first match wins (names as XLA:CPU's thunks).
 KINDS = (
+    ('oneDNN convolutions', r'ffi_call'),
     ('matmul / conv', r'dot|conv|ynn_fusion|xnn_fusion|onednn|custom-call'),
     ('zero-fill broadcasts', r'broadcast'),
     ('dynamic-update-slice', r'dynamic-update-slice'),
