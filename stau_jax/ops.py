@@ -1,11 +1,15 @@
-"""Convolutions lowered to the fast paths of XLA:CPU.
+"""Convolutions lowered to the fast paths of XLA:CPU (or run by oneDNN).
+
+`broadcast_leading` shares a parameter across a batch with a gradient
+XLA:CPU sums fast (the LayerNorms' scale and bias).
 
 `conv` is a drop-in for `lax.conv_general_dilated` on NHWC inputs and HWIO
 kernels (pass it to `nn.Conv(conv_general_dilated=...)`); `conv_transpose`
 is `lax.conv_transpose(..., transpose_kernel=True)`. Both return the same
 values and gradients as lax to float tolerance. With impl 'fast' (chosen by
-'auto' on CPU) they rewrite every convolution as matmuls or stride-1,
-undilated convolutions, whose backward passes XLA:CPU runs well:
+'auto' on CPU where oneDNN is unavailable) they rewrite every convolution as
+matmuls or stride-1, undilated convolutions, whose backward passes XLA:CPU
+runs well:
 - a strided conv becomes one matmul over its strided taps (im2col; 'resample'
   uses space-to-depth followed by a stride-1 conv instead);
 - a transposed (input-dilated) conv becomes a stride-1 conv to s*s phases
@@ -21,7 +25,7 @@ With impl 'onednn' (chosen by 'auto' on CPU when stau_jax/onednn.py's
 extension is built) convolutions, strided ones included, and their
 gradients are oneDNN's (about 2.4x XLA:CPU's rate on this model's 5x5
 convs); transposed convs become sub-pixel convs and 1x1 convs matmuls as
-with 'fast'. 'fast' is the CPU's choice where oneDNN is unavailable.
+with 'fast'.
 With impl 'resample' (chosen by 'auto' on GPU) only the first two rewrites
 apply and stride-1 convs stay lax's (cuDNN's kernels): cuDNN picks slow FFT
 algorithms for the Moving MNIST decoder's transposed convs and their
