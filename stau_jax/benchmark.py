@@ -92,8 +92,9 @@ def sub_jaxprs(eqn):
 
 def count_flops(jaxpr):
   """Multiply-add FLOPs (2 per multiply-add) of the matmuls and
-  convolutions (lax's and oneDNN's) of a jaxpr, scan bodies counted `length` times (XLA's cost
-  analysis counts a loop body once). while bodies count once."""
+  convolutions (lax's and oneDNN's) of a jaxpr, scan bodies counted `length`
+  times (XLA's cost analysis counts a loop body once). while bodies count
+  once."""
   total = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name

@@ -3,9 +3,9 @@
 XLA:CPU runs this model's 5x5 convolutions and their gradients at about 100
 GFLOP/s on a 2-core AVX-512 machine; oneDNN, the library PyTorch uses, runs
 each of the three at about 250 (float32) and 420-500 (bfloat16 operands),
-also when called from inside a jitted step (docs/speed.md). `pip install -e .` builds
-the XLA FFI handler `stau_jax/csrc/onednn_conv.cc` against the
-`onednn-cpu-gomp` wheel; where it could not be built (no C++ compiler) or
+also when called from inside a jitted step (docs/speed.md).
+`pip install -e .` builds the XLA FFI handler `stau_jax/csrc/onednn_conv.cc`
+against the `onednn-cpu-gomp` wheel; where it could not be built (no C++ compiler) or
 oneDNN does not load, `available()` is False and `conv_impl='auto'` keeps
 XLA's own convolutions ('fast').
 

@@ -14,21 +14,13 @@ import numpy as np
 
 from stau_jax import onednn
 from stau_jax import ops
+from tests import conv_checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_NHWC = ('NHWC', 'HWIO', 'NHWC')
+_NHWC = conv_checks.NHWC
+_normal = conv_checks.normal
+_value_and_grads = conv_checks.value_and_grads
 _LINUX_X86 = sys.platform == 'linux' and platform.machine() == 'x86_64'
-
-
-def _normal(seed, *shapes):
-  rng = np.random.default_rng(seed)
-  return [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes]
-
-
-def _value_and_grads(fn, lhs, rhs):
-  """fn(lhs, rhs) and the gradients of a nonlinear scalar of it."""
-  loss = lambda lhs, rhs: jnp.sum(jnp.sin(fn(lhs, rhs)))  # noqa: E731
-  return fn(lhs, rhs), jax.grad(loss, argnums=(0, 1))(lhs, rhs)
 
 
 class AvailabilityTest(absltest.TestCase):
@@ -105,24 +97,10 @@ class ConvTest(parameterized.TestCase):
 
   def test_bfloat16_operands_accumulate_in_float32(self):
     lhs, rhs = _normal(2, (2, 16, 16, 16), (5, 5, 16, 24))
-    rounded = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
     padding = ((2, 2), (2, 2))
-    value, grads = _value_and_grads(
+    conv_checks.assert_float32_math_on_bfloat16_operands(
         lambda lhs, rhs: onednn.conv(lhs, rhs, (1, 1), padding, jnp.bfloat16),
-        lhs, rhs)
-    want_value, want_grads = _value_and_grads(
-        lambda lhs, rhs: lax.conv_general_dilated(
-            rounded(lhs), rounded(rhs), (1, 1), padding,
-            dimension_numbers=_NHWC, precision=lax.Precision.HIGHEST),
-        lhs, rhs)
-    self.assertEqual(value.dtype, jnp.float32)
-    # Products of bfloat16 operands are exact in float32 sums.
-    np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-4)
-    for grad, want in zip(grads, want_grads):
-      self.assertEqual(grad.dtype, jnp.float32)
-      # The backward rounds the incoming gradient to bfloat16 too.
-      np.testing.assert_allclose(grad, want, rtol=0,
-                                 atol=0.02 * float(np.abs(want).max()))
+        lhs, rhs, (1, 1), padding)
 
   def test_bfloat16_inputs_give_bfloat16(self):
     lhs, rhs = _normal(3, (1, 6, 6, 4), (3, 3, 4, 5))

@@ -12,23 +12,14 @@ import numpy as np
 from stau_jax import benchmark
 from stau_jax import onednn
 from stau_jax import ops
+from tests import conv_checks
 
-_NHWC = ('NHWC', 'HWIO', 'NHWC')
+_NHWC = conv_checks.NHWC
+_normal = conv_checks.normal
+_value_and_grads = conv_checks.value_and_grads
 # Every lowering that runs here (oneDNN's where its extension is built).
 _IMPLS = ('fast', 'resample', 'xla') + (('onednn',) if onednn.available()
                                         else ())
-
-
-def _value_and_grads(fn, lhs, rhs):
-  """fn(lhs, rhs) and the gradients of a nonlinear scalar of it."""
-  loss = lambda lhs, rhs: jnp.sum(jnp.sin(fn(lhs, rhs)))  # noqa: E731
-  return fn(lhs, rhs), jax.grad(loss, argnums=(0, 1))(lhs, rhs)
-
-
-def _normal(seed, *shapes):
-  """One float32 standard-normal array per shape, from one seeded stream."""
-  rng = np.random.default_rng(seed)
-  return [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in shapes]
 
 
 def _equations(jaxpr):
@@ -83,24 +74,12 @@ class ConvTest(parameterized.TestCase):
       padding):
     lhs, rhs = _normal(1, (batch, height, width, features_in),
                        (kernel, kernel, features_in, features_out))
-    rounded = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
-    reference = lambda lhs, rhs: lax.conv_general_dilated(  # noqa: E731
-        rounded(lhs), rounded(rhs), (stride, stride), padding,
-        dimension_numbers=_NHWC, precision=lax.Precision.HIGHEST)
-    want_value, want_grads = _value_and_grads(reference, lhs, rhs)
     for impl in _IMPLS:
-      value, grads = _value_and_grads(
+      conv_checks.assert_float32_math_on_bfloat16_operands(
           lambda lhs, rhs, impl=impl: ops.conv(
               lhs, rhs, (stride, stride), padding, dimension_numbers=_NHWC,
-              impl=impl, operand_dtype=jnp.bfloat16), lhs, rhs)
-      self.assertEqual(value.dtype, jnp.float32)
-      # The products of bfloat16 operands are exact in float32 sums.
-      np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-4)
-      for grad, want in zip(grads, want_grads):
-        self.assertEqual(grad.dtype, jnp.float32)
-        # The backward rounds the incoming gradient to bfloat16 too.
-        np.testing.assert_allclose(grad, want, rtol=0,
-                                   atol=0.02 * float(np.abs(want).max()))
+              impl=impl, operand_dtype=jnp.bfloat16),
+          lhs, rhs, (stride, stride), padding)
 
   @parameterized.parameters(
       (2, 4, 4, 8, 8, 3, 2, ((1, 2), (1, 2))),

@@ -97,12 +97,12 @@ Plan Build(const Problem& p) {
       strides, pad_l, pad_r, attr);
 
   Plan plan;
+  plan.src = src;
+  plan.dst = dst;
   plan.user_weights =
       dnnl::memory::desc(weights_dims, weights_type, tag::hwio);
   if (p.kind == kForward) {
     plan.primitive = dnnl::convolution_forward(fwd_pd);
-    plan.src = src;
-    plan.dst = dst;
     plan.weights = fwd_pd.weights_desc();
     plan.scratchpad = fwd_pd.scratchpad_desc();
   } else if (p.kind == kBackwardData) {
@@ -110,8 +110,6 @@ Plan Build(const Problem& p) {
         engine, dnnl::algorithm::convolution_direct, src, any_weights, dst,
         strides, pad_l, pad_r, fwd_pd, attr);
     plan.primitive = dnnl::convolution_backward_data(pd);
-    plan.src = src;
-    plan.dst = dst;
     plan.weights = pd.weights_desc();
     plan.scratchpad = pd.scratchpad_desc();
   } else {
@@ -119,8 +117,6 @@ Plan Build(const Problem& p) {
         engine, dnnl::algorithm::convolution_direct, src, any_weights, dst,
         strides, pad_l, pad_r, fwd_pd, attr);
     plan.primitive = dnnl::convolution_backward_weights(pd);
-    plan.src = src;
-    plan.dst = dst;
     plan.weights = pd.diff_weights_desc();
     plan.scratchpad = pd.scratchpad_desc();
   }
@@ -184,12 +180,16 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
     return ffi::Error::InvalidArgument(
         "onednn_conv: both operands must have one dtype");
   }
-  // NHWC activations, HWIO kernel.
-  auto src = kind == kBackwardData ? out->dimensions() : a.dimensions();
-  auto dst = kind == kForward ? out->dimensions()
-             : kind == kBackwardData ? a.dimensions()
-                                     : b.dimensions();
-  auto weights = kind == kBackwardWeights ? out->dimensions() : b.dimensions();
+  // Which buffer plays which role: NHWC activations, HWIO kernel.
+  ffi::AnyBuffer result = *out;
+  const ffi::AnyBuffer src_buffer = kind == kBackwardData ? result : a;
+  const ffi::AnyBuffer dst_buffer = kind == kForward         ? result
+                                    : kind == kBackwardData ? a
+                                                            : b;
+  const ffi::AnyBuffer weights_buffer = kind == kBackwardWeights ? result : b;
+  auto src = src_buffer.dimensions();
+  auto dst = dst_buffer.dimensions();
+  auto weights = weights_buffer.dimensions();
   Problem problem{kind,       src[0],     src[3],     src[1],
                   src[2],     dst[3],     dst[1],     dst[2],
                   weights[0], weights[1], stride_h,   stride_w,
@@ -202,16 +202,10 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
     const Plan& plan = GetPlan(problem);
     auto& engine = Engine();
     thread_local dnnl::stream stream(engine);
-    void* src_data = kind == kBackwardData ? out->untyped_data()
-                                           : a.untyped_data();
-    void* dst_data = kind == kForward ? out->untyped_data()
-                     : kind == kBackwardData ? a.untyped_data()
-                                             : b.untyped_data();
-    void* user_weights_data =
-        kind == kBackwardWeights ? out->untyped_data() : b.untyped_data();
-    dnnl::memory src_memory(plan.src, engine, src_data);
-    dnnl::memory dst_memory(plan.dst, engine, dst_data);
-    dnnl::memory user_weights(plan.user_weights, engine, user_weights_data);
+    dnnl::memory src_memory(plan.src, engine, src_buffer.untyped_data());
+    dnnl::memory dst_memory(plan.dst, engine, dst_buffer.untyped_data());
+    dnnl::memory user_weights(plan.user_weights, engine,
+                              weights_buffer.untyped_data());
     dnnl::memory weights_memory = user_weights;
     if (plan.reorder_weights) {
       weights_memory = dnnl::memory(
