@@ -20,10 +20,15 @@ def _random_inputs(seed):
   return dict(
       temporal=normal(keys[0], (B, H, W, C)),
       spatial=normal(keys[1], (B, H, W, C)),
-      temporal_history=normal(keys[2], (TAU, B, H, W, C)),
-      spatial_history=normal(keys[3], (TAU, B, H, W, C)),
-      lower_temporal=normal(keys[4], (THETA, B, H, W, C)),
-      lower_spatial=normal(keys[5], (THETA, B, H, W, C)))
+      temporal_history=normal(keys[2], (B, TAU, H, W, C)),
+      spatial_history=normal(keys[3], (B, TAU, H, W, C)),
+      lower_temporal=normal(keys[4], (B, THETA, H, W, C)),
+      lower_spatial=normal(keys[5], (B, THETA, H, W, C)))
+
+
+def _entries(stack):
+  """(B, N, h, w, C) -> the spec's list of N (B, h, w, C) entries."""
+  return list(jnp.swapaxes(stack, 0, 1))
 
 
 def _cell(variant, residual=False):
@@ -49,9 +54,9 @@ def test_cell_matches_spec_equations(variant, residual, num_valid):
                                            lower_valid=valid)
   expected_temporal, expected_spatial = spec_reference.cell(
       params, inputs['temporal'], inputs['spatial'],
-      list(inputs['temporal_history']), list(inputs['spatial_history']),
-      list(inputs['lower_temporal'][:num_valid]),
-      list(inputs['lower_spatial'][:num_valid]), variant, residual)
+      _entries(inputs['temporal_history']), _entries(inputs['spatial_history']),
+      _entries(inputs['lower_temporal'])[:num_valid],
+      _entries(inputs['lower_spatial'])[:num_valid], variant, residual)
   np.testing.assert_allclose(new_temporal, expected_temporal, atol=2e-5)
   np.testing.assert_allclose(new_spatial, expected_spatial, atol=2e-5)
 
@@ -86,22 +91,23 @@ def test_variants_read_exactly_the_inputs_the_spec_says(variant):
 
 
 def test_attention_weights_mask_empty_slots_exactly():
-  keys = jax.random.normal(jax.random.PRNGKey(0), (4, B, H, W, C))
+  keys = jax.random.normal(jax.random.PRNGKey(0), (B, 4, H, W, C))
   query = jax.random.normal(jax.random.PRNGKey(1), (B, H, W, C))
   valid = jnp.array([True, True, False, False])
   weights = cell_lib.attention_weights(keys, query, valid)
-  np.testing.assert_array_equal(weights[2:], 0)
+  assert weights.shape == (B, 4)
+  np.testing.assert_array_equal(weights[:, 2:], 0)
   np.testing.assert_allclose(
-      weights[:2], spec_reference.softmax_weights(list(keys[:2]), query),
-      rtol=1e-6)
-  np.testing.assert_allclose(weights.sum(axis=0), 1, rtol=1e-6)
+      weights[:, :2].T,
+      spec_reference.softmax_weights(_entries(keys)[:2], query), rtol=1e-6)
+  np.testing.assert_allclose(weights.sum(axis=1), 1, rtol=1e-6)
 
 
 def test_attention_weights_use_sqrt_of_state_size():
-  keys = jnp.stack([jnp.ones((1, H, W, C)), jnp.zeros((1, H, W, C))])
+  keys = jnp.stack([jnp.ones((1, H, W, C)), jnp.zeros((1, H, W, C))], axis=1)
   weights = cell_lib.attention_weights(keys, jnp.ones((1, H, W, C)))
   score = H * W * C / np.sqrt(H * W * C)
-  np.testing.assert_allclose(weights[:, 0], [1 / (1 + np.exp(-score)),
+  np.testing.assert_allclose(weights[0], [1 / (1 + np.exp(-score)),
                                              1 / (1 + np.exp(score))],
                              rtol=1e-5)
 

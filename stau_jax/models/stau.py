@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from stau_jax.models import unit
 
@@ -58,22 +59,26 @@ VARIANTS = {
 
 
 def attention_weights(keys, query, valid=None):
-  """Softmax over entries j of <keys[j], query> / sqrt(h*w*C).
+  """Softmax over entries j of <keys[:, j], query> / sqrt(h*w*C).
 
   Args:
-    keys: (N, B, h, w, C) stacked states.
+    keys: (B, N, h, w, C) stacked states, entries on axis 1.
     query: (B, h, w, C).
     valid: optional (N,) bool; invalid entries get weight exactly 0.
 
   Returns:
-    (N, B) weights, one scalar per entry and sample, summing to 1 over N.
+    (B, N) weights, one scalar per sample and entry, summing to 1 over N.
   """
-  dim = math.prod(query.shape[-3:])
-  scores = jnp.einsum('nbhwc,bhwc->nb', keys, query,
-                      preferred_element_type=jnp.float32) / math.sqrt(dim)
+  batch, entries = keys.shape[:2]
+  # As one matrix-vector product per sample over the flattened state: XLA:CPU
+  # runs it without the transposes an einsum over (h, w, C) costs.
+  scores = lax.dot_general(
+      keys.reshape(batch, entries, -1), query.reshape(batch, -1),
+      (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+  scores = scores / math.sqrt(math.prod(query.shape[1:]))
   if valid is not None:
-    scores = jnp.where(valid[:, None], scores, -jnp.inf)
-  return jax.nn.softmax(scores, axis=0)
+    scores = jnp.where(valid, scores, -jnp.inf)
+  return jax.nn.softmax(scores, axis=1)
 
 
 def ring_order(step, size):
@@ -87,13 +92,17 @@ def ring_order(step, size):
 
 
 def _in_order(weights, order):
-  """(N, B) attention weights -> (B, N), entries in `order` (None: as is)."""
-  return (weights if order is None else weights[order]).T
+  """(B, N) attention weights with entries in `order` (None: as is)."""
+  return weights if order is None else weights[:, order]
 
 
 def attend(weights, values):
-  """Weighted sum over entries: (N, B) weights, (N, B, h, w, C) -> (B, h, w, C)."""
-  return jnp.einsum('nb,nbhwc->bhwc', weights.astype(values.dtype), values)
+  """Weighted sum over entries: (B, N) weights, (B, N, h, w, C) -> (B, h, w, C)."""
+  batch, entries = values.shape[:2]
+  summed = lax.dot_general(
+      weights.astype(values.dtype), values.reshape(batch, entries, -1),
+      (((1,), (1,)), ((0,), (0,))))
+  return summed.reshape(values.shape[:1] + values.shape[2:])
 
 
 class STAUCell(nn.Module):
@@ -122,10 +131,10 @@ class STAUCell(nn.Module):
     Args:
       temporal: T_{t-1}^k, (B, h, w, C).
       spatial: S_t^{k-1}, (B, h, w, C), the input from the layer below.
-      temporal_history: t_att, (tau, B, h, w, C): T_{t-tau..t-1}^k.
-      spatial_history: s_att, (tau, B, h, w, C): S_{t-tau..t-1}^{k-1}.
-      lower_temporal: t_spatial, (theta, B, h, w, C): T_{t-1}^j, j <= k.
-      lower_spatial: s_spatial, (theta, B, h, w, C): S_t^{j-1}, j <= k.
+      temporal_history: t_att, (B, tau, h, w, C): T_{t-tau..t-1}^k.
+      spatial_history: s_att, (B, tau, h, w, C): S_{t-tau..t-1}^{k-1}.
+      lower_temporal: t_spatial, (B, theta, h, w, C): T_{t-1}^j, j <= k.
+      lower_spatial: s_spatial, (B, theta, h, w, C): S_t^{j-1}, j <= k.
       lower_valid: optional (theta,) bool marking filled slots of the two
         lower-layer stacks; empty slots are masked out of beta's softmax.
       history_order, lower_order: optional (tau,) and (theta,) slot indices,
@@ -187,10 +196,11 @@ class STAULayer(nn.Module):
   """One STAU layer at one time step: the cell plus its ring buffers.
 
   State (per layer, through time): (T_{t-1}^k, temporal history T_{t-tau..t-1}^k,
-  spatial history S_{t-tau..t-1}^{k-1}), the histories (tau, B, h, w, C) ring
-  buffers written at slot t % tau. Flow (inside one step): the theta-slot
-  stacks of the lower layers' T_{t-1}^j and S_t^{j-1}, restarted every step.
-  Passes S_t^k up.
+  spatial history S_{t-tau..t-1}^{k-1}), the histories (B, tau, h, w, C) ring
+  buffers written at slot t % tau (entries on axis 1, where the attention
+  reads them). Flow (inside one step): the (B, theta, h, w, C) stacks of the
+  lower layers' T_{t-1}^j and S_t^{j-1}, restarted every step. Passes S_t^k
+  up.
   """
   num_hidden: int
   filter_size: int
@@ -206,11 +216,12 @@ class STAULayer(nn.Module):
   def initial_state(self, batch, height, width, in_features, dtype):
     del in_features  # The encoder gives num_hidden channels, checked below.
     state = unit.zeros(batch, height, width, self.num_hidden, dtype)
-    history = jnp.zeros((self.tau,) + state.shape, dtype)
+    history = jnp.zeros((batch, self.tau, height, width, self.num_hidden),
+                        dtype)
     return state, history, history
 
   def initial_flow(self, batch, height, width, dtype):
-    stack = jnp.zeros((self.theta, batch, height, width, self.num_hidden),
+    stack = jnp.zeros((batch, self.theta, height, width, self.num_hidden),
                       dtype)
     return stack, stack
 
@@ -219,8 +230,8 @@ class STAULayer(nn.Module):
     lower_temporal, lower_spatial = flow
     temporal, temporal_history, spatial_history = state
     slot = layer % self.theta
-    lower_temporal = lower_temporal.at[slot].set(temporal)
-    lower_spatial = lower_spatial.at[slot].set(spatial)
+    lower_temporal = lower_temporal.at[:, slot].set(temporal)
+    lower_spatial = lower_spatial.at[:, slot].set(spatial)
     lower_valid = jnp.arange(self.theta) <= layer
     new_temporal, new_spatial = STAUCell(
         self.num_hidden, self.filter_size, self.variant, self.residual,
@@ -230,8 +241,8 @@ class STAULayer(nn.Module):
             history_order=ring_order(step - 1, self.tau),
             lower_order=ring_order(layer, self.theta))
     time_slot = step % self.tau
-    temporal_history = temporal_history.at[time_slot].set(new_temporal)
-    spatial_history = spatial_history.at[time_slot].set(spatial)
+    temporal_history = temporal_history.at[:, time_slot].set(new_temporal)
+    spatial_history = spatial_history.at[:, time_slot].set(spatial)
     return (new_spatial, (lower_temporal, lower_spatial),
             (new_temporal, temporal_history, spatial_history))
 
