@@ -7,6 +7,9 @@ import jax
 import pytest
 
 CACHE_VARIABLE = 'STAU_JAX_TEST_CACHE'
+# Half precision on CPU is mixed precision in every test, on any CPU
+# (predictor.cpu_has_bfloat16; its own tests set the variable themselves).
+os.environ.setdefault('STAU_JAX_CPU_BFLOAT16', '1')
 
 
 def pytest_configure(config):

@@ -275,6 +275,40 @@ def test_patch_frontend_needs_no_downsampling_and_stau_needs_its_encoder():
     models.validate_model_config(_config(frontend='unet'))
 
 
+X86_FLAGS = 'flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni'
+
+
+@pytest.mark.parametrize('cpuinfo, expected', [
+    (X86_FLAGS + ' avx512_bf16\n', True),  # e.g. AMD EPYC (Zen 4)
+    (X86_FLAGS + ' amx_bf16 amx_tile\n', True),  # Xeon Sapphire Rapids
+    (X86_FLAGS + '\n', False),  # Xeon Ice Lake: emulated bfloat16
+    ('Features\t: fp asimd sve bf16 i8mm\n', True),  # Arm
+    ('Features\t: fp asimd\n', False),
+    ('processor\t: 0\n', True),  # nothing listed: cannot tell
+])
+def test_cpu_bfloat16_is_read_from_cpuinfo(tmp_path, monkeypatch, cpuinfo,
+                                           expected):
+  monkeypatch.delenv('STAU_JAX_CPU_BFLOAT16', raising=False)
+  path = tmp_path / 'cpuinfo'
+  path.write_text('processor\t: 0\n' + cpuinfo)
+  assert models.cpu_has_bfloat16(str(path)) is expected
+  assert models.cpu_has_bfloat16(str(tmp_path / 'missing')) is True
+  monkeypatch.setenv('STAU_JAX_CPU_BFLOAT16', '0' if expected else '1')
+  assert models.cpu_has_bfloat16(str(path)) is not expected
+
+
+def test_half_precision_on_a_cpu_without_bfloat16_is_float32(monkeypatch):
+  monkeypatch.setenv('STAU_JAX_CPU_BFLOAT16', '0')
+  assert models.compute_dtypes(True, 'cpu') == (jnp.float32, None)
+  assert models.compute_dtypes(True, 'gpu') == (jnp.bfloat16, None)
+  assert models.precision_name(True) == (
+      'float32 (no bfloat16 instructions on this CPU)')
+  monkeypatch.setenv('STAU_JAX_CPU_BFLOAT16', '1')
+  assert models.compute_dtypes(True, 'cpu') == (jnp.float32, jnp.bfloat16)
+  assert models.precision_name(True) == 'bfloat16 convolutions, float32 math'
+  assert models.compute_dtypes(False, 'cpu') == (jnp.float32, None)
+
+
 def test_half_precision_is_close_to_float32(tiny_model):
   config, model, params = tiny_model
   frames = _frames(config)

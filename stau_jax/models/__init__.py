@@ -1,7 +1,7 @@
 """Video prediction models: the predictor, its front-ends and its units."""
 from stau_jax.models.predictor import (Predictor, compute_dtypes,
                                        conv_factory,
-                                       count_params,
+                                       count_params, cpu_has_bfloat16,
                                        create_model, init_params,
                                        norm_factory, param_shapes,
                                        patch_frames, precision_name,

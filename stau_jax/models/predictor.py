@@ -4,10 +4,10 @@ Frames are NHWC per time step. The model runs t = 0 .. T-2 and predicts frame
 t+1 at each step (docs/model.md, "Frames in, frames out"). The
 front-end (frontends.py) encodes the chosen input frame, the unit's layers
 (unit.py: any unit of registry.py) run bottom to top, the front-end decodes
-the top layer's output. Both loops are `nn.scan`s, so the compiled program
-does not grow with the number of frames or layers (off CPU the layer scan is
-unrolled by default for speed, see `resolve_layer_loop`; the parameters are
-the same either way). Everything a unit carries through time (e.g. STAU's
+the top layer's output. Both loops are `nn.scan`s: the compiled program
+does not grow with the number of frames, nor with the number of layers when
+the layer scan is rolled (`layer_loop='scan'`; by default it is unrolled for
+speed, see `resolve_layer_loop`; the parameters are the same either way). Everything a unit carries through time (e.g. STAU's
 ring buffers) lives in fixed-size arrays in the time scan's carry.
 
 What the unit records (its `unit.Unit.records`, e.g. STAU's attention
@@ -16,6 +16,8 @@ from `predict_with_records`; a unit's auxiliary training loss (unit.py) from
 `predict_with_auxiliary_loss`. Neither is computed otherwise.
 """
 import functools
+import os
+import re
 from typing import Any, Callable
 
 import flax
@@ -43,10 +45,10 @@ _SAVE_CONV_OUTPUTS = jax.checkpoint_policies.save_only_these_names(
 
 
 def resolve_layer_loop(layer_loop='auto'):
-  """'auto' -> 'scan' on CPU (one compiled layer, compile time flat in the
-  layer count), else 'unrolled' (no per-layer loop overhead; docs/speed.md)."""
-  return ops.resolve_auto('layer_loop', layer_loop, LAYER_LOOPS, 'unrolled',
-                          cpu='scan')
+  """'auto' -> 'unrolled' (no per-layer loop and state stacking: faster
+  training on CPU and GPU, docs/speed.md); 'scan' compiles one layer, its
+  compile time flat in the layer count."""
+  return ops.resolve_auto('layer_loop', layer_loop, LAYER_LOOPS, 'unrolled')
 
 
 def resolve_remat(remat='auto'):
@@ -82,6 +84,25 @@ def unpatch_frames(patches, patch_size):
   return x.reshape(*lead, h * p, w * p, depth // (p * p))
 
 
+def cpu_has_bfloat16(cpuinfo='/proc/cpuinfo'):
+  """Whether this CPU computes in bfloat16 natively: x86's AVX512-BF16 or
+  AMX-BF16, Arm's BF16, as `cpuinfo` lists them; True where it cannot be
+  read. STAU_JAX_CPU_BFLOAT16=1 or 0 in the environment says so instead."""
+  override = os.environ.get('STAU_JAX_CPU_BFLOAT16')
+  if override in ('0', '1'):
+    return override == '1'
+  try:
+    with open(cpuinfo) as f:
+      text = f.read()
+  except OSError:
+    return True
+  listed = re.search(r'^(?:flags|Features)\s*:(.*)$', text, re.M)
+  if listed is None:
+    return True
+  return bool(set(listed.group(1).split()) & {'avx512_bf16', 'amx_bf16',
+                                              'bf16'})
+
+
 def compute_dtypes(half_precision, backend=None):
   """(dtype, operand_dtype) of `config.half_precision` on `backend`.
 
@@ -90,23 +111,31 @@ def compute_dtypes(half_precision, backend=None):
   float32: (float32, None). Half precision off CPU: (bfloat16, None), all
   compute in bfloat16. On CPU, mixed precision: (float32, bfloat16), only the
   convolutions' operands in bfloat16 (XLA:CPU runs bfloat16 matmuls faster
-  than float32 ones but bfloat16 elementwise ops several times slower).
+  than float32 ones but bfloat16 elementwise ops several times slower); on a
+  CPU without bfloat16 instructions (`cpu_has_bfloat16`), where bfloat16 is
+  emulated and 3-5x slower than float32, (float32, None).
   """
   if not half_precision:
     return jnp.float32, None
   if (backend or jax.default_backend()) == 'cpu':
+    if not cpu_has_bfloat16():
+      return jnp.float32, None
     return jnp.float32, jnp.bfloat16
   return jnp.bfloat16, None
 
 
 def precision_name(half_precision):
-  """What `compute_dtypes` means here in words: 'float32', 'bfloat16', or
-  'bfloat16 convolutions, float32 math'."""
+  """What `compute_dtypes` means here in words: 'float32', 'bfloat16',
+  'bfloat16 convolutions, float32 math', or, for half precision on a CPU
+  without bfloat16 instructions, 'float32 (no bfloat16 instructions on this
+  CPU)'."""
   dtype, operand_dtype = compute_dtypes(half_precision)
-  if operand_dtype is None:
-    return jnp.dtype(dtype).name
-  return (f'{jnp.dtype(operand_dtype).name} convolutions, '
-          f'{jnp.dtype(dtype).name} math')
+  if operand_dtype is not None:
+    return (f'{jnp.dtype(operand_dtype).name} convolutions, '
+            f'{jnp.dtype(dtype).name} math')
+  if half_precision and dtype == jnp.float32:
+    return 'float32 (no bfloat16 instructions on this CPU)'
+  return jnp.dtype(dtype).name
 
 
 def conv_factory(dtype=jnp.float32, conv_impl='auto', operand_dtype=None):
