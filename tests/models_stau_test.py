@@ -108,7 +108,7 @@ def test_attention_weights_use_sqrt_of_state_size():
   weights = cell_lib.attention_weights(keys, jnp.ones((1, H, W, C)))
   score = H * W * C / np.sqrt(H * W * C)
   np.testing.assert_allclose(weights[0], [1 / (1 + np.exp(-score)),
-                                             1 / (1 + np.exp(score))],
+                                          1 / (1 + np.exp(score))],
                              rtol=1e-5)
 
 

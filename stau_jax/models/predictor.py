@@ -7,8 +7,9 @@ front-end (frontends.py) encodes the chosen input frame, the unit's layers
 the top layer's output. Both loops are `nn.scan`s: the compiled program
 does not grow with the number of frames, nor with the number of layers when
 the layer scan is rolled (`layer_loop='scan'`; by default it is unrolled for
-speed, see `resolve_layer_loop`; the parameters are the same either way). Everything a unit carries through time (e.g. STAU's
-ring buffers) lives in fixed-size arrays in the time scan's carry.
+speed, see `resolve_layer_loop`; the parameters are the same either way).
+Everything a unit carries through time (e.g. STAU's ring buffers) lives in
+fixed-size arrays in the time scan's carry.
 
 What the unit records (its `unit.Unit.records`, e.g. STAU's attention
 weights and gates, an LSTM's gates) comes with the predictions, by name,
@@ -45,9 +46,9 @@ _SAVE_CONV_OUTPUTS = jax.checkpoint_policies.save_only_these_names(
 
 
 def resolve_layer_loop(layer_loop='auto'):
-  """'auto' -> 'unrolled' (no per-layer loop and state stacking: faster
-  training on CPU and GPU, docs/speed.md); 'scan' compiles one layer, its
-  compile time flat in the layer count."""
+  """'auto' -> 'unrolled' (no per-layer loop: faster training on CPU and
+  GPU, docs/speed.md); 'scan' compiles one layer, its compile time flat in
+  the layer count."""
   return ops.resolve_auto('layer_loop', layer_loop, LAYER_LOOPS, 'unrolled')
 
 
@@ -91,6 +92,12 @@ def cpu_has_bfloat16(cpuinfo='/proc/cpuinfo'):
   override = os.environ.get('STAU_JAX_CPU_BFLOAT16')
   if override in ('0', '1'):
     return override == '1'
+  return _cpuinfo_lists_bfloat16(cpuinfo)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpuinfo_lists_bfloat16(cpuinfo):
+  """`cpu_has_bfloat16` without the override, `cpuinfo` read once."""
   try:
     with open(cpuinfo) as f:
       text = f.read()
