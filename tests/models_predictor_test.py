@@ -43,7 +43,7 @@ def _future_mask(config, batch=2, seed=1):
 
 
 @pytest.mark.parametrize('overrides', [
-    dict(cell='stau', num_layers=3, tau=2, theta=2),
+    dict(cell='stau', num_layers=3, tau=2, theta=2, layer_loop='scan'),
     dict(cell='stau', num_layers=2, tau=3, theta=4, residual=True,
          recall=True),
     dict(cell='mau', num_layers=3, tau=2, theta=1, residual=True),
