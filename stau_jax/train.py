@@ -99,7 +99,9 @@ def create_train_state(config, init_params, optimizer):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params), rng=rng)
 
-  return jax.device_get(jax.jit(init)(jax.random.PRNGKey(config.seed)))
+  return jax.device_get(jax.jit(
+      init, compiler_options=models.INIT_COMPILER_OPTIONS)(
+          jax.random.PRNGKey(config.seed)))
 
 
 def _task_loss(loss, params, batch, state, frozen):

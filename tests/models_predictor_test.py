@@ -377,3 +377,16 @@ def test_layer_norm_equals_flax_layer_norm_in_value_and_gradient(axes):
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
       grads, want_grads)
+
+
+def test_init_params_compiles_itself_on_a_concrete_key_and_traces_in_a_jit():
+  config = _config()
+  model = models.create_model(config)
+  key = jax.random.PRNGKey(3)
+  concrete = models.init_params(model, config, key)
+  traced = jax.jit(lambda k: models.init_params(model, config, k))(key)
+  assert jax.tree_util.tree_structure(concrete) == (
+      jax.tree_util.tree_structure(models.param_shapes(config)))
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+      concrete, traced)

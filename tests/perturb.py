@@ -5,12 +5,14 @@ wrong scale/bias pairing or order; the tests compare models on perturbed
 parameters instead.
 """
 import jax
+import numpy as np
 
 
 def perturb(params, scale, seed):
-  """params + scale * N(0, 1) noise, independently for every leaf."""
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree_util.tree_unflatten(tree, [
-      leaf + scale * jax.random.normal(key, leaf.shape)
-      for leaf, key in zip(leaves, keys)])
+  """params + scale * N(0, 1) noise, independently for every leaf, as float32
+  numpy arrays (drawn by numpy: jax.random compiles a program per shape)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(
+      lambda leaf: (np.asarray(leaf, np.float32)
+                    + scale * rng.standard_normal(np.shape(leaf))
+                    ).astype(np.float32), params)

@@ -1,5 +1,6 @@
 """Video prediction models: the predictor, its front-ends and its units."""
-from stau_jax.models.predictor import (Predictor, compute_dtypes,
+from stau_jax.models.predictor import (INIT_COMPILER_OPTIONS, Predictor,
+                                       compute_dtypes,
                                        conv_factory,
                                        count_params, cpu_has_bfloat16,
                                        create_model, init_params,

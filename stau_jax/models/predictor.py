@@ -570,8 +570,22 @@ def count_params(params):
                  for leaf in jax.tree_util.tree_leaves(params)))
 
 
+# XLA options for programs that run once (initialization): no optimization
+# passes. The values agree with an optimized build to float32 rounding.
+INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
+
+
 def init_params(model, config, rng):
-  """Initial parameters for `model` on dummy frames of the configured shape."""
+  """Initial parameters for `model` on dummy frames of the configured shape.
+
+  Traceable. Called with a concrete key it compiles itself as one program
+  without optimizations (INIT_COMPILER_OPTIONS): flax creates scanned
+  layers' parameters inside the forward pass's loops, which op by op or
+  optimized would take seconds for a program that runs once.
+  """
+  if not isinstance(rng, jax.core.Tracer):
+    return jax.jit(functools.partial(init_params, model, config),
+                   compiler_options=INIT_COMPILER_OPTIONS)(rng)
   height, width = config.data.image_size
   frames = jnp.zeros((1, config.data.input_length + 1, height, width,
                       config.data.channels), jnp.float32)
