@@ -44,7 +44,8 @@ def _onednn_extension():
       include_dirs=[jaxlib_include, dnnl_include,
                     sysconfig.get_paths()['include']],
       library_dirs=[dnnl_lib], libraries=['dnnl'],
-      extra_compile_args=['-std=c++17', '-O2', '-w'], language='c++',
+      extra_compile_args=['-std=c++17', '-O2', '-w', '-fopenmp'],
+      extra_link_args=['-fopenmp'], language='c++',
       optional=True)
 
 

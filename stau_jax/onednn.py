@@ -9,6 +9,9 @@ against the `onednn-cpu-gomp` wheel; where it could not be built (no C++ compile
 oneDNN does not load, `available()` is False and `conv_impl='auto'` keeps
 XLA's own convolutions ('fast').
 
+Convolutions under 10 million multiply-adds run on the calling thread
+alone (waking OpenMP's other threads would cost more than they save).
+
 `conv(lhs, rhs, strides, padding, operand_dtype)` is one NHWC x HWIO
 convolution with explicit non-negative padding; its gradients are oneDNN's
 backward-data and backward-weights primitives (custom VJP). Operands are

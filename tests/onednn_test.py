@@ -88,6 +88,21 @@ class ConvTest(parameterized.TestCase):
       self.assertEqual(grad.shape, want.shape)
       np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-4)
 
+  def test_over_ten_million_multiply_adds_equals_lax(self):
+    """Such convolutions run on all threads, the ones above on one."""
+    lhs, rhs = _normal(6, (4, 16, 16, 64), (5, 5, 64, 64))
+    rhs = rhs / np.sqrt(5 * 5 * 64)  # outputs of order 1, as in a model
+    padding = ((2, 2), (2, 2))
+    value, grads = _value_and_grads(
+        lambda lhs, rhs: onednn.conv(lhs, rhs, (1, 1), padding), lhs, rhs)
+    want_value, want_grads = _value_and_grads(
+        lambda lhs, rhs: lax.conv_general_dilated(
+            lhs, rhs, (1, 1), padding, dimension_numbers=_NHWC,
+            precision=lax.Precision.HIGHEST), lhs, rhs)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-4)
+    for grad, want in zip(grads, want_grads):
+      np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-4)
+
   def test_a_wrong_kernel_fails_the_comparison(self):
     lhs, rhs = _normal(1, (1, 8, 8, 3), (3, 3, 3, 2))
     got = onednn.conv(lhs, rhs, (1, 1), ((1, 1), (1, 1)))
