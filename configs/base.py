@@ -33,7 +33,7 @@ def shared_config():
   model.layer_norm = False  # LayerNorm in the comparison units' convs (OpenSTL's layer_norm); STAU always has it
   model.decouple_beta = 0.1  # weight of PredRNN-v2's memory decoupling loss in training (predrnnv2 only; OpenSTL's 0.1)
   model.conv_impl = 'auto'  # auto | xla | fast | resample | onednn: convolution lowering (stau_jax/ops.py); auto = onednn on CPU (fast where not built)
-  model.layer_loop = 'auto'  # auto | scan | unrolled: the compiled loop over layers; auto = unrolled off CPU
+  model.layer_loop = 'auto'  # auto | scan | unrolled | per_layer: the compiled loop over layers; auto = per_layer on CPU, unrolled elsewhere
   model.remat = 'auto'  # auto | none | cells: recompute cells' elementwise work in the backward (less memory); auto = cells on CPU
 
   # Fields every dataset reads; each experiment adds dataset, image_size,

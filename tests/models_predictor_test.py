@@ -95,13 +95,43 @@ def test_program_size_does_not_grow_with_frames_or_layers(cell):
     assert _lowered_ops(deep) == _lowered_ops(shallow)
 
 
-def test_unrolled_layer_loop_repeats_the_layer_in_the_program():
-  shallow = _lowered_ops(_config(num_layers=2, layer_loop='unrolled'))
-  deep = _lowered_ops(_config(num_layers=4, layer_loop='unrolled'))
+@pytest.mark.parametrize('layer_loop', ['unrolled', 'per_layer'])
+def test_unrolled_layer_loops_repeat_the_layer_in_the_program(layer_loop):
+  shallow = _lowered_ops(_config(num_layers=2, layer_loop=layer_loop))
+  deep = _lowered_ops(_config(num_layers=4, layer_loop=layer_loop))
   scanned = _lowered_ops(_config(num_layers=4, layer_loop='scan'))
   assert deep > shallow and deep > scanned  # the layer called 4 times, not 2 or 1
-  assert models.param_shapes(_config(layer_loop='unrolled')) == (
+  assert models.param_shapes(_config(layer_loop=layer_loop)) == (
       models.param_shapes(_config(layer_loop='scan')))
+
+
+@pytest.mark.parametrize('cell', ['stau', 'mim', 'predrnnv2'])
+def test_per_layer_loop_equals_the_unrolled_scan(cell, fast_compile):
+  """Predictions, gradients (with the auxiliary loss), records and hidden
+  states; MIM has two layer groups, PredRNN-v2 an auxiliary loss."""
+  config = _config(cell=cell, num_layers=3, layer_loop='unrolled')
+  params = _perturbed_params(config)
+  frames, mask = _frames(config), _future_mask(config)
+  results = []
+  for layer_loop in ('unrolled', 'per_layer'):
+    config.model.layer_loop = layer_loop
+    model = models.create_model(config)
+
+    def loss(p, model=model):
+      predictions, auxiliary_loss = models.predict_with_auxiliary_loss(
+          model, p, frames, mask)
+      return jnp.mean((predictions - frames[:, 1:])**2) + auxiliary_loss
+
+    results.append((jax.jit(jax.value_and_grad(loss))(params),
+                    models.predict_with_records(model, params, frames)[1],
+                    model.apply({'params': params}, frames,
+                                return_hidden=True)))
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+      *results)
+  (value, _), records, _ = results[1]
+  assert value > 0 and set(records) == {
+      r.name for r in models.create_model(config).records}
 
 
 @pytest.fixture(scope='module')
@@ -169,7 +199,7 @@ def test_gradients_are_finite_and_reach_every_parameter(cell, frontend,
     assert float(jnp.abs(grad).max()) > 0, path
 
 
-@pytest.mark.parametrize('layer_loop', ['scan', 'unrolled'])
+@pytest.mark.parametrize('layer_loop', ['scan', 'unrolled', 'per_layer'])
 def test_rematerialized_cells_give_the_same_gradients(layer_loop, fast_compile):
   config = _config(residual=True, layer_loop=layer_loop)
   params = _perturbed_params(config)

@@ -6,8 +6,9 @@ front-end (frontends.py) encodes the chosen input frame, the unit's layers
 (unit.py: any unit of registry.py) run bottom to top, the front-end decodes
 the top layer's output. Both loops are `nn.scan`s: the compiled program
 does not grow with the number of frames, nor with the number of layers when
-the layer scan is rolled (`layer_loop='scan'`; by default it is unrolled for
-speed, see `resolve_layer_loop`; the parameters are the same either way).
+the layer scan is rolled (`layer_loop='scan'`; by default the layers are
+unrolled for speed, see `resolve_layer_loop`; the parameters are the same
+either way).
 Everything a unit carries through time (e.g. STAU's ring buffers) lives in
 fixed-size arrays in the time scan's carry.
 
@@ -36,7 +37,7 @@ from stau_jax.models import registry
 from stau_jax.models import unit
 
 
-LAYER_LOOPS = ('auto', 'scan', 'unrolled')
+LAYER_LOOPS = ('auto', 'scan', 'unrolled', 'per_layer')
 REMATS = ('auto', 'none', 'cells')
 # Name of every convolution output, for rematerialization policies.
 CONV_OUTPUT = 'conv_output'
@@ -46,10 +47,17 @@ _SAVE_CONV_OUTPUTS = jax.checkpoint_policies.save_only_these_names(
 
 
 def resolve_layer_loop(layer_loop='auto'):
-  """'auto' -> 'unrolled' (no per-layer loop: faster training on CPU and
-  GPU, docs/speed.md); 'scan' compiles one layer, its compile time flat in
-  the layer count."""
-  return ops.resolve_auto('layer_loop', layer_loop, LAYER_LOOPS, 'unrolled')
+  """'auto' -> 'per_layer' on CPU, else 'unrolled' (docs/speed.md).
+
+  'scan' compiles one layer (an nn.scan): compile time flat in the layer
+  count. 'unrolled' is that scan unrolled: each layer in the program, their
+  states sliced from and stacked into per-group stacks. 'per_layer' calls
+  each layer on its slice of the stacked parameters and keeps each layer's
+  state apart: no stacks, faster forward passes and compiles on CPU. All
+  three take the same parameters and give the same results.
+  """
+  return ops.resolve_auto('layer_loop', layer_loop, LAYER_LOOPS, 'unrolled',
+                          cpu='per_layer')
 
 
 def resolve_remat(remat='auto'):
@@ -214,9 +222,11 @@ def _stacked(tree, count):
 class _TimeStep(nn.Module):
   """One time step: choose the input frame, encode, run all layers, decode.
 
-  Carry: (per-group layer states stacked over the group's layers, the flow
-  when it crosses time, the previous prediction). Inputs: (frame, mask of
-  where it is true, step t).
+  Carry: (per-group layer states, stacked over the group's layers or with
+  `layer_params` a tuple of them, the flow when it crosses time, the
+  previous prediction). Inputs: (frame, mask of where it is true, step t).
+  Broadcast: `layer_params`, None or {group name: its stacked parameters}
+  for layer_loop='per_layer' (`_layers`).
   """
   groups: tuple[unit.LayerGroup, ...]
   encoder: Callable[..., nn.Module]
@@ -226,7 +236,55 @@ class _TimeStep(nn.Module):
   layer_loop: str = 'auto'
   remat: str = 'auto'
 
-  def _layers(self, group, inputs, flow, states, step, first_layer):
+  def _layers(self, group, inputs, flow, states, step, first_layer,
+              layer_params):
+    """Runs one group's layers.
+
+    Returns ((top outputs, flow), (new states, per-layer outputs stacked or
+    None)). With `layer_params` ({group name: stacked parameters}) the
+    states are a tuple of per-layer states (`_per_layer`), else stacked on
+    axis 0 (`_scanned_layers`).
+    """
+    if layer_params is not None:
+      return self._per_layer(group, inputs, flow, states, step, first_layer,
+                             layer_params[group.name])
+    return self._scanned_layers(group, inputs, flow, states, step,
+                                first_layer)
+
+  def _per_layer(self, group, inputs, flow, states, step, first_layer,
+                 stacked_params):
+    """The group's layers called one by one on their slices of the stacked
+    parameters (which `_scanned_layers` creates at init), each layer's
+    state its own: nothing is sliced from or stacked into a group stack.
+    What the layers sow (RECORDS, AUXILIARY) is stacked over layers as
+    nn.scan stacks it."""
+    layer = group.layer(parent=None)
+    collections = [c for c in (unit.RECORDS, unit.AUXILIARY)
+                   if self.is_mutable_collection(c)]
+
+    def apply_layer(params, inputs, flow, state, step, index):
+      return layer.apply({'params': params}, inputs, flow, state, step,
+                         index, mutable=collections)
+
+    if resolve_remat(self.remat) == 'cells':
+      apply_layer = jax.checkpoint(apply_layer, policy=_SAVE_CONV_OUTPUTS)
+    new_states, outputs, sown = [], [], []
+    for i, state in enumerate(states):
+      params = jax.tree_util.tree_map(lambda leaf: leaf[i], stacked_params)
+      (inputs, flow, state), variables = apply_layer(
+          params, inputs, flow, state, step, first_layer + i)
+      new_states.append(state)
+      outputs.append(inputs)
+      sown.append(variables)
+    for collection in collections:
+      if sown[0].get(collection):
+        self.put_variable(collection, group.name, jax.tree_util.tree_map(
+            lambda *values: jnp.stack(values),
+            *(variables[collection] for variables in sown)))
+    hidden = jnp.stack(outputs) if self.return_hidden else None
+    return (inputs, flow), (tuple(new_states), hidden)
+
+  def _scanned_layers(self, group, inputs, flow, states, step, first_layer):
     """Runs one group's layers: an nn.scan with parameters stacked on axis 0.
 
     Returns ((top outputs, flow), (new states, per-layer outputs or None)).
@@ -264,7 +322,7 @@ class _TimeStep(nn.Module):
     return scan(layer, (inputs, flow), (states, indices), None, step)
 
   @nn.compact
-  def __call__(self, carry, step_inputs):
+  def __call__(self, carry, step_inputs, layer_params):
     states, flow, prediction = carry
     frame, true_frame_mask, step = step_inputs
     frame = true_frame_mask * frame + (1 - true_frame_mask) * prediction
@@ -276,7 +334,7 @@ class _TimeStep(nn.Module):
     new_states, hidden, first_layer = [], [], 0
     for group, group_states in zip(self.groups, states):
       (x, flow), (group_states, group_hidden) = self._layers(
-          group, x, flow, group_states, step, first_layer)
+          group, x, flow, group_states, step, first_layer, layer_params)
       new_states.append(group_states)
       hidden.append(group_hidden)
       first_layer += group.count
@@ -367,14 +425,20 @@ class Predictor(nn.Module):
     grid = (batch, patch_shape[0] // 2**self.num_downsample,
             patch_shape[1] // 2**self.num_downsample)
     in_features = self.in_features
+    # Initialization runs the layer scans, which create the parameters.
+    per_layer = (resolve_layer_loop(self.layer_loop) == 'per_layer'
+                 and not self.is_initializing())
     states = []
     for group in self.groups:
       layer = group.layer(parent=None)
       num_steps = ({'num_steps': length - 1}
                    if getattr(layer, 'state_needs_num_steps', False) else {})
-      states.append(_stacked(
-          layer.initial_state(*grid, in_features, self.dtype, **num_steps),
-          group.count))
+      initial = layer.initial_state(*grid, in_features, self.dtype,
+                                    **num_steps)
+      if per_layer:
+        states.append((initial,) * group.count)
+      else:
+        states.append(_stacked(initial, group.count))
       in_features = layer.num_hidden
     bottom = self.groups[0].layer(parent=None)
     flow = (bottom.initial_flow(*grid, self.dtype)
@@ -387,11 +451,15 @@ class Predictor(nn.Module):
     unroll = nn.scan(
         _TimeStep, variable_broadcast='params',
         variable_axes={unit.RECORDS: 0, unit.AUXILIARY: 0},
-        split_rngs={'params': False},
+        split_rngs={'params': False}, in_axes=(0, nn.broadcast),
         length=length - 1)(
             self.groups, self.encoder, self.decoder, return_hidden,
             self.dtype, self.layer_loop, self.remat, name='unroll')
-    _, outputs = unroll(carry, step_inputs)
+    layer_params = None
+    if per_layer:
+      scanned = self.variables['params']['unroll']
+      layer_params = {group.name: scanned[group.name] for group in self.groups}
+    _, outputs = unroll(carry, step_inputs, layer_params)
     if (self.auxiliary_loss is not None
         and self.is_mutable_collection(unit.AUXILIARY)):
       sown = unroll.variables[unit.AUXILIARY]
