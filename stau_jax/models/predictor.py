@@ -225,8 +225,8 @@ class _TimeStep(nn.Module):
   Carry: (per-group layer states, stacked over the group's layers or with
   `layer_params` a tuple of them, the flow when it crosses time, the
   previous prediction). Inputs: (frame, mask of where it is true, step t).
-  Broadcast: `layer_params`, None or {group name: its stacked parameters}
-  for layer_loop='per_layer' (`_layers`).
+  Broadcast: `layer_params`, None or {group name: a tuple of each layer's
+  parameters} for layer_loop='per_layer' (`_layers`).
   """
   groups: tuple[unit.LayerGroup, ...]
   encoder: Callable[..., nn.Module]
@@ -241,9 +241,9 @@ class _TimeStep(nn.Module):
     """Runs one group's layers.
 
     Returns ((top outputs, flow), (new states, per-layer outputs stacked or
-    None)). With `layer_params` ({group name: stacked parameters}) the
-    states are a tuple of per-layer states (`_per_layer`), else stacked on
-    axis 0 (`_scanned_layers`).
+    None)). With `layer_params` ({group name: a tuple of each layer's
+    parameters}) the states are a tuple of per-layer states (`_per_layer`),
+    else stacked on axis 0 (`_scanned_layers`).
     """
     if layer_params is not None:
       return self._per_layer(group, inputs, flow, states, step, first_layer,
@@ -252,10 +252,11 @@ class _TimeStep(nn.Module):
                                 first_layer)
 
   def _per_layer(self, group, inputs, flow, states, step, first_layer,
-                 stacked_params):
-    """The group's layers called one by one on their slices of the stacked
-    parameters (which `_scanned_layers` creates at init), each layer's
-    state its own: nothing is sliced from or stacked into a group stack.
+                 params_per_layer):
+    """The group's layers called one by one on their own parameters (slices
+    of those `_scanned_layers` creates at init, taken once per forward pass
+    by `Predictor`), each layer's state its own: nothing is sliced from or
+    stacked into a group stack inside the time scan.
     What the layers sow (RECORDS, AUXILIARY) is stacked over layers as
     nn.scan stacks it."""
     layer = group.layer(parent=None)
@@ -269,8 +270,7 @@ class _TimeStep(nn.Module):
     if resolve_remat(self.remat) == 'cells':
       apply_layer = jax.checkpoint(apply_layer, policy=_SAVE_CONV_OUTPUTS)
     new_states, outputs, sown = [], [], []
-    for i, state in enumerate(states):
-      params = jax.tree_util.tree_map(lambda leaf: leaf[i], stacked_params)
+    for i, (params, state) in enumerate(zip(params_per_layer, states)):
       (inputs, flow, state), variables = apply_layer(
           params, inputs, flow, state, step, first_layer + i)
       new_states.append(state)
@@ -456,9 +456,12 @@ class Predictor(nn.Module):
             self.groups, self.encoder, self.decoder, return_hidden,
             self.dtype, self.layer_loop, self.remat, name='unroll')
     layer_params = None
-    if per_layer:
+    if per_layer:  # each layer's slice of its group's stacked parameters
       scanned = self.variables['params']['unroll']
-      layer_params = {group.name: scanned[group.name] for group in self.groups}
+      layer_params = {group.name: tuple(
+          jax.tree_util.tree_map(lambda leaf, i=i: leaf[i],
+                                 scanned[group.name])
+          for i in range(group.count)) for group in self.groups}
     _, outputs = unroll(carry, step_inputs, layer_params)
     if (self.auxiliary_loss is not None
         and self.is_mutable_collection(unit.AUXILIARY)):
