@@ -84,7 +84,7 @@ def supports(lhs_dtype, operand_dtype):
   return operand in OPERAND_DTYPES and jnp.dtype(lhs_dtype) in OPERAND_DTYPES
 
 
-def _call(kind, a, b, out_shape, strides, padding):
+def _call(kind, a, b, out_shape, strides, padding, groups):
   check_available()  # registers the target on first use
   (top, bottom), (left, right) = padding
   return jax.ffi.ffi_call(
@@ -93,7 +93,7 @@ def _call(kind, a, b, out_shape, strides, padding):
           a, b, kind=np.int64(kind), stride_h=np.int64(strides[0]),
           stride_w=np.int64(strides[1]), pad_top=np.int64(top),
           pad_bottom=np.int64(bottom), pad_left=np.int64(left),
-          pad_right=np.int64(right))
+          pad_right=np.int64(right), groups=np.int64(groups))
 
 
 def call_flops(attributes, a_shape, b_shape, out_shape):
@@ -114,17 +114,20 @@ def output_shape(lhs_shape, rhs_shape, strides, padding):
   return (batch, out_h, out_w, features)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv(lhs, rhs, strides, padding, operand_dtype=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv(lhs, rhs, strides, padding, operand_dtype=None, groups=1):
   """A 2D convolution by oneDNN.
 
   Args:
     lhs: (B, H, W, I) input, float32 or bfloat16.
-    rhs: (kh, kw, I, O) kernel.
+    rhs: (kh, kw, I / groups, O) kernel.
     strides: (sh, sw).
     padding: ((top, bottom), (left, right)), each >= 0.
     operand_dtype: what the operands are cast to (float32 or bfloat16);
       None: lhs's dtype. Accumulation is float32.
+    groups: feature groups, as lax's feature_group_count: group g convolves
+      input channels [g I/groups, (g+1) I/groups) into outputs
+      [g O/groups, (g+1) O/groups), in one call.
 
   Returns:
     (B, H', W', O) in lhs's dtype.
@@ -132,22 +135,22 @@ def conv(lhs, rhs, strides, padding, operand_dtype=None):
   operand = operand_dtype or lhs.dtype
   out = _call(_FORWARD, lhs.astype(operand), rhs.astype(operand),
               output_shape(lhs.shape, rhs.shape, strides, padding), strides,
-              padding)
+              padding, groups)
   return out.astype(lhs.dtype)
 
 
-def _conv_fwd(lhs, rhs, strides, padding, operand_dtype):
-  return conv(lhs, rhs, strides, padding, operand_dtype), (lhs, rhs)
+def _conv_fwd(lhs, rhs, strides, padding, operand_dtype, groups):
+  return conv(lhs, rhs, strides, padding, operand_dtype, groups), (lhs, rhs)
 
 
-def _conv_bwd(strides, padding, operand_dtype, residuals, grad):
+def _conv_bwd(strides, padding, operand_dtype, groups, residuals, grad):
   lhs, rhs = residuals
   operand = operand_dtype or lhs.dtype
   grad = grad.astype(operand)
   grad_lhs = _call(_BACKWARD_DATA, grad, rhs.astype(operand), lhs.shape,
-                   strides, padding)
+                   strides, padding, groups)
   grad_rhs = _call(_BACKWARD_WEIGHTS, lhs.astype(operand), grad, rhs.shape,
-                   strides, padding)
+                   strides, padding, groups)
   return grad_lhs.astype(lhs.dtype), grad_rhs.astype(rhs.dtype)
 
 

@@ -106,13 +106,15 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
       feature_group_count=feature_group_count, precision=precision,
       **mixed.accumulate, **kwargs)
   dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  supported = (lhs.ndim == 4 and feature_group_count == 1 and not kwargs
-               and dims == lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                                      _NHWC)
-               and all(d == 1 for d in rhs_dilation or (1, 1)))
   impl = resolve_conv_impl(impl)
   if impl == 'onednn' and not onednn.supports(lhs.dtype, operand_dtype):
     impl = 'fast'
+  groups_supported = feature_group_count == 1 or (
+      impl == 'onednn' and all(d == 1 for d in lhs_dilation or (1, 1)))
+  supported = (lhs.ndim == 4 and groups_supported and not kwargs
+               and dims == lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                                      _NHWC)
+               and all(d == 1 for d in rhs_dilation or (1, 1)))
   if not supported or impl == 'xla':
     return lax_conv()
   strides = tuple(window_strides)
@@ -128,7 +130,7 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return _subpixel_conv(lhs, rhs, dilation, padding, precision, impl,
                           operand_dtype)
   one_by_one = (rhs.shape[:2] == (1, 1) and strides == (1, 1)
-                and padding == ((0, 0), (0, 0)))
+                and padding == ((0, 0), (0, 0)) and feature_group_count == 1)
   if one_by_one and impl != 'resample':
     return mixed.matmul(lhs, rhs[0, 0], precision)
   if impl == 'onednn':
@@ -136,7 +138,7 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                                       for lo, hi in padding))
     return onednn.conv(cropped, rhs, strides,
                        tuple((max(lo, 0), max(hi, 0)) for lo, hi in padding),
-                       mixed.operand_dtype)
+                       mixed.operand_dtype, feature_group_count)
   if strides != (1, 1):
     if impl == 'resample':
       return _space_to_depth_conv(lhs, rhs, strides, padding, precision,

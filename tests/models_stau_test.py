@@ -61,6 +61,39 @@ def test_cell_matches_spec_equations(variant, residual, num_valid):
   np.testing.assert_allclose(new_spatial, expected_spatial, atol=2e-5)
 
 
+def test_grouped_convolutions_keep_parameters_and_values():
+  """Where the conv factory runs grouped convolutions fast (oneDNN), the
+  cell's same-shape convolution pairs are one grouped call each: the same
+  parameter tree, initial values and outputs as four separate ConvNorms
+  (XLA's or oneDNN's)."""
+  inputs = _random_inputs(seed=4)
+  grouped_conv = models.conv_factory(conv_impl='onednn')
+  if not grouped_conv.fast_groups:
+    pytest.skip('oneDNN extension not built here')
+  separate_conv = models.conv_factory(conv_impl='fast')
+  assert not separate_conv.fast_groups
+  cells = [cell_lib.STAUCell(C, 3, cell_lib.VARIANTS['stau'], True, conv,
+                             models.norm_factory())
+           for conv in (grouped_conv, separate_conv)]
+  inits = [cell.init(jax.random.PRNGKey(0), **inputs)['params']
+           for cell in cells]
+  jax.tree.map(np.testing.assert_array_equal, inits[0], inits[1])
+  assert set(inits[0]) == {'conv_s_next', 'conv_t_next', 'conv_s', 'conv_t'}
+  params = perturb.perturb(inits[0], 0.2, 1)
+  outputs = [cell.apply({'params': params}, **inputs) for cell in cells]
+  for got, want in zip(*outputs):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  one_by_one = models.conv_factory(conv_impl='onednn')
+  one_by_one.fast_groups = False
+  calls = [
+      str(jax.make_jaxpr(lambda p, conv=conv: cell_lib.STAUCell(
+          C, 3, cell_lib.VARIANTS['stau'], True, conv,
+          models.norm_factory()).apply({'params': p}, **inputs))(params)
+          ).count('ffi_call')
+      for conv in (grouped_conv, one_by_one)]
+  assert calls == [2, 4], calls
+
+
 # Which inputs each variant must ignore (docs/model.md, "Variants").
 IGNORED_INPUTS = {
     'stau': (),

@@ -103,6 +103,42 @@ class ConvTest(parameterized.TestCase):
     for grad, want in zip(grads, want_grads):
       np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-4)
 
+  @parameterized.parameters(
+      # batch, size, in, out, groups, kernel, stride, padding
+      (2, 16, 8, 12, 2, 5, (1, 1), ((2, 2), (2, 2))),
+      (1, 9, 6, 9, 3, 3, (2, 1), ((1, 0), (1, 1))),
+      (4, 16, 128, 384, 2, 5, (1, 1), ((2, 2), (2, 2))),  # multi-threaded
+  )
+  def test_grouped_equals_lax(self, batch, size, features_in, features_out,
+                              groups, kernel, strides, padding):
+    lhs, rhs = _normal(7, (batch, size, size, features_in),
+                       (kernel, kernel, features_in // groups, features_out))
+    rhs = rhs / np.sqrt(kernel * kernel * features_in // groups)
+    value, grads = _value_and_grads(
+        lambda lhs, rhs: onednn.conv(lhs, rhs, strides, padding,
+                                     groups=groups), lhs, rhs)
+    want_value, want_grads = _value_and_grads(
+        lambda lhs, rhs: lax.conv_general_dilated(
+            lhs, rhs, strides, padding, dimension_numbers=_NHWC,
+            feature_group_count=groups, precision=lax.Precision.HIGHEST),
+        lhs, rhs)
+    np.testing.assert_allclose(value, want_value, rtol=1e-5, atol=1e-4)
+    for grad, want in zip(grads, want_grads):
+      self.assertEqual(grad.shape, want.shape)
+      np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-4)
+
+  def test_grouped_is_its_groups_side_by_side(self):
+    """Group g sees only its input channels and gives its own outputs."""
+    lhs, rhs_a, rhs_b = _normal(8, (2, 8, 8, 6), (3, 3, 3, 4), (3, 3, 3, 4))
+    padding = ((1, 1), (1, 1))
+    got = onednn.conv(lhs, jnp.concatenate([rhs_a, rhs_b], axis=-1), (1, 1),
+                      padding, jnp.bfloat16, groups=2)
+    for half, rhs, out in ((slice(0, 3), rhs_a, slice(0, 4)),
+                           (slice(3, 6), rhs_b, slice(4, 8))):
+      np.testing.assert_array_equal(
+          got[..., out],
+          onednn.conv(lhs[..., half], rhs, (1, 1), padding, jnp.bfloat16))
+
   def test_a_wrong_kernel_fails_the_comparison(self):
     lhs, rhs = _normal(1, (1, 8, 8, 3), (3, 3, 3, 2))
     got = onednn.conv(lhs, rhs, (1, 1), ((1, 1), (1, 1)))
@@ -149,7 +185,10 @@ class ConvTest(parameterized.TestCase):
     lhs, rhs = _normal(5, (1, 4, 4, 2), (3, 3, 2, 2))
     with self.assertRaisesRegex(Exception, 'onednn_conv: unknown kind'):
       jax.block_until_ready(onednn._call(7, lhs, rhs, (1, 2, 2, 2), (1, 1),
-                                         ((0, 0), (0, 0))))
+                                         ((0, 0), (0, 0)), 1))
+    with self.assertRaisesRegex(Exception, 'onednn_conv: inconsistent shapes'):
+      jax.block_until_ready(onednn._call(0, lhs, rhs, (1, 2, 2, 2), (1, 1),
+                                         ((0, 0), (0, 0)), 2))
 
 
 if __name__ == '__main__':

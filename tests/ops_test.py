@@ -63,6 +63,18 @@ class ConvTest(parameterized.TestCase):
     for impl in _IMPLS:
       self.assert_same(conv(impl), reference, lhs, rhs)
 
+  def test_grouped_conv(self):
+    """feature_group_count: oneDNN's grouped convolution, lax elsewhere."""
+    lhs, rhs = _normal(3, (2, 8, 8, 6), (3, 3, 3, 8))
+    conv = lambda impl: lambda lhs, rhs: ops.conv(  # noqa: E731
+        lhs, rhs, (1, 1), 'SAME', dimension_numbers=_NHWC,
+        feature_group_count=2, impl=impl)
+    reference = lambda lhs, rhs: lax.conv_general_dilated(  # noqa: E731
+        lhs, rhs, (1, 1), 'SAME', dimension_numbers=_NHWC,
+        feature_group_count=2)
+    for impl in _IMPLS:
+      self.assert_same(conv(impl), reference, lhs, rhs)
+
   @parameterized.parameters(
       (2, 16, 16, 8, 12, 5, 1, 'SAME'),
       (2, 9, 6, 3, 5, 3, 1, 'VALID'),

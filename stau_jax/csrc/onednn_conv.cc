@@ -2,7 +2,9 @@
 //
 // One handler, `OnednnConv`, computes one of three things (attribute `kind`)
 // for NHWC activations and HWIO kernels, float32 or bfloat16 operands, always
-// a float32 result:
+// a float32 result, in `groups` feature groups (XLA's feature_group_count: the
+// kernel is (kh, kw, I / groups, O), group g maps input channels
+// [g I/groups, (g+1) I/groups) to outputs [g O/groups, (g+1) O/groups)):
 //   0 forward:          (src, weights)   -> dst
 //   1 backward data:    (diff_dst, weights) -> diff_src
 //   2 backward weights: (src, diff_dst)  -> diff_weights
@@ -14,9 +16,10 @@
 // oneDNN picks the kernel layout it runs fastest (format `any`); kernels are
 // reordered to and from HWIO around each call (a few hundred KB). Primitives
 // are built once per shape and kept; convolutions under 10 million
-// multiply-adds build and run single-threaded (kSingleThreadMacs). Each
-// calling thread brings its own scratchpad and kernel buffers, so concurrent
-// calls from XLA's threads are safe.
+// multiply-adds, and all kernel reorders, build and run single-threaded
+// (kSingleThreadMacs, OneThreadIf). Each calling thread brings its own
+// scratchpad and kernel buffers, so concurrent calls from XLA's threads are
+// safe.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -45,13 +48,14 @@ enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
 struct Problem {
   int64_t kind, batch, in_c, in_h, in_w, out_c, out_h, out_w, kernel_h,
-      kernel_w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right;
+      kernel_w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
+      groups;
   dt operand_type;
 
   auto key() const {
     return std::make_tuple(kind, batch, in_c, in_h, in_w, out_c, out_h, out_w,
                            kernel_h, kernel_w, stride_h, stride_w, pad_top,
-                           pad_bottom, pad_left, pad_right,
+                           pad_bottom, pad_left, pad_right, groups,
                            static_cast<int>(operand_type));
   }
   bool operator<(const Problem& other) const { return key() < other.key(); }
@@ -59,7 +63,7 @@ struct Problem {
   // Multiply-adds of the convolution (the same for all three kinds).
   double macs() const {
     return static_cast<double>(batch) * out_h * out_w * out_c * in_c *
-           kernel_h * kernel_w;
+           kernel_h * kernel_w / groups;
   }
 };
 
@@ -69,14 +73,17 @@ struct Problem {
 // scan break even at 10-20 million).
 constexpr double kSingleThreadMacs = 1e7;
 
-class ThreadsFor {
+// While alive, oneDNN builds and runs on the calling thread alone if
+// `single`. Small convolutions and every kernel reorder (a few hundred KB,
+// about 0.1 ms: with two threads their barrier waits on a core XLA keeps busy
+// cost up to milliseconds) run single-threaded.
+class OneThreadIf {
  public:
-  explicit ThreadsFor(const Problem& problem)
-      : previous_(omp_get_max_threads()),
-        single_(problem.macs() < kSingleThreadMacs) {
+  explicit OneThreadIf(bool single)
+      : previous_(omp_get_max_threads()), single_(single) {
     if (single_) omp_set_num_threads(1);
   }
-  ~ThreadsFor() {
+  ~OneThreadIf() {
     if (single_) omp_set_num_threads(previous_);
   }
 
@@ -102,7 +109,13 @@ struct Plan {
 Plan Build(const Problem& p) {
   auto& engine = Engine();
   dnnl::memory::dims src_dims = {p.batch, p.in_c, p.in_h, p.in_w};
-  dnnl::memory::dims weights_dims = {p.out_c, p.in_c, p.kernel_h, p.kernel_w};
+  // HWIO with I = in_c / groups is oneDNN's hwigo for grouped weights.
+  const bool grouped = p.groups > 1;
+  dnnl::memory::dims weights_dims =
+      grouped ? dnnl::memory::dims{p.groups, p.out_c / p.groups,
+                                   p.in_c / p.groups, p.kernel_h, p.kernel_w}
+              : dnnl::memory::dims{p.out_c, p.in_c, p.kernel_h, p.kernel_w};
+  const tag user_weights_tag = grouped ? tag::hwigo : tag::hwio;
   dnnl::memory::dims dst_dims = {p.batch, p.out_c, p.out_h, p.out_w};
   dnnl::memory::dims strides = {p.stride_h, p.stride_w};
   dnnl::memory::dims pad_l = {p.pad_top, p.pad_left};
@@ -131,7 +144,7 @@ Plan Build(const Problem& p) {
   plan.src = src;
   plan.dst = dst;
   plan.user_weights =
-      dnnl::memory::desc(weights_dims, weights_type, tag::hwio);
+      dnnl::memory::desc(weights_dims, weights_type, user_weights_tag);
   if (p.kind == kForward) {
     plan.primitive = dnnl::convolution_forward(fwd_pd);
     plan.weights = fwd_pd.weights_desc();
@@ -153,6 +166,7 @@ Plan Build(const Problem& p) {
   }
   plan.reorder_weights = plan.weights != plan.user_weights;
   if (plan.reorder_weights) {
+    OneThreadIf one_thread(true);
     plan.weights_reorder =
         p.kind == kBackwardWeights
             ? dnnl::reorder(dnnl::reorder::primitive_desc(
@@ -180,7 +194,7 @@ const Plan& GetPlan(const Problem& problem) {
   std::lock_guard<std::mutex> lock(mutex);
   auto& plan = plans[problem];
   if (!plan) {
-    ThreadsFor threads(problem);
+    OneThreadIf threads(problem.macs() < kSingleThreadMacs);
     plan = std::make_unique<Plan>(Build(problem));
   }
   return *plan;
@@ -189,9 +203,12 @@ const Plan& GetPlan(const Problem& problem) {
 ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
                ffi::Result<ffi::AnyBuffer> out, int64_t kind, int64_t stride_h,
                int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-               int64_t pad_left, int64_t pad_right) {
+               int64_t pad_left, int64_t pad_right, int64_t groups) {
   if (kind < kForward || kind > kBackwardWeights) {
     return ffi::Error::InvalidArgument("onednn_conv: unknown kind");
+  }
+  if (groups < 1) {
+    return ffi::Error::InvalidArgument("onednn_conv: groups must be >= 1");
   }
   if (a.dimensions().size() != 4 || b.dimensions().size() != 4 ||
       out->dimensions().size() != 4) {
@@ -228,13 +245,14 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
                   src[2],     dst[3],     dst[1],     dst[2],
                   weights[0], weights[1], stride_h,   stride_w,
                   pad_top,    pad_bottom, pad_left,   pad_right,
-                  operand_type};
-  if (weights[2] != src[3] || weights[3] != dst[3] || src[0] != dst[0]) {
+                  groups,     operand_type};
+  if (weights[2] * groups != src[3] || weights[3] != dst[3] ||
+      dst[3] % groups != 0 || src[0] != dst[0]) {
     return ffi::Error::InvalidArgument("onednn_conv: inconsistent shapes");
   }
   try {
     const Plan& plan = GetPlan(problem);
-    ThreadsFor threads(problem);
+    OneThreadIf threads(problem.macs() < kSingleThreadMacs);
     auto& engine = Engine();
     thread_local dnnl::stream stream(engine);
     dnnl::memory src_memory(plan.src, engine, src_buffer.untyped_data());
@@ -246,7 +264,9 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
       weights_memory = dnnl::memory(
           plan.weights, engine, ThreadBuffer(1, plan.weights.get_size()));
       if (kind != kBackwardWeights) {
+        OneThreadIf one_thread(true);
         plan.weights_reorder.execute(stream, user_weights, weights_memory);
+        stream.wait();
       }
     }
     dnnl::memory scratchpad(plan.scratchpad, engine,
@@ -268,6 +288,8 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
     }
     plan.primitive.execute(stream, args);
     if (plan.reorder_weights && kind == kBackwardWeights) {
+      stream.wait();
+      OneThreadIf one_thread(true);
       plan.weights_reorder.execute(stream, weights_memory, user_weights);
     }
     stream.wait();
@@ -290,7 +312,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv, Run,
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_bottom")
                                   .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right"));
+                                  .Attr<int64_t>("pad_right")
+                                  .Attr<int64_t>("groups"));
 
 namespace {
 

@@ -164,8 +164,12 @@ def conv_factory(dtype=jnp.float32, conv_impl='auto', operand_dtype=None):
     return checkpoint_name(ops.conv(*args, impl=conv_impl,
                                     operand_dtype=operand_dtype, **kwargs),
                            CONV_OUTPUT)
-  return functools.partial(nn.Conv, dtype=dtype,
-                           conv_general_dilated=tagged_conv)
+  factory = functools.partial(nn.Conv, dtype=dtype,
+                              conv_general_dilated=tagged_conv)
+  # oneDNN runs a grouped convolution as fast as its groups apart, in one
+  # call (unit.conv_norms); XLA's lowerings are not measured grouped.
+  factory.fast_groups = ops.resolve_conv_impl(conv_impl) == 'onednn'
+  return factory
 
 
 class LayerNorm(nn.Module):

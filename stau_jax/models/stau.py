@@ -145,10 +145,11 @@ class STAUCell(nn.Module):
       (T_t^k, S_t^k), each (B, h, w, C).
     """
     variant = self.variant
-    conv = lambda features, name: unit.ConvNorm(  # noqa: E731
-        features, self.filter_size, self.conv, self.norm, name=name)
-    spatial_query = conv(self.num_hidden, 'conv_s_next')(spatial)
-    temporal_query = conv(self.num_hidden, 'conv_t_next')(temporal)
+    conv_norms = lambda features, **inputs: unit.conv_norms(  # noqa: E731
+        features, self.filter_size, self.conv, self.norm,
+        tuple(inputs.items()))
+    spatial_query, temporal_query = conv_norms(
+        self.num_hidden, conv_s_next=spatial, conv_t_next=temporal)
 
     if variant.temporal_attention:
       if variant.alpha_from_spatial:
@@ -176,10 +177,10 @@ class STAUCell(nn.Module):
     else:
       spatial_fused = spatial
 
-    t_gate, t_to_temporal, t_to_spatial = jnp.split(
-        conv(3 * self.num_hidden, 'conv_t')(temporal_fused), 3, axis=-1)
-    s_gate, s_to_temporal, s_to_spatial = jnp.split(
-        conv(3 * self.num_hidden, 'conv_s')(spatial_fused), 3, axis=-1)
+    temporal_mixed, spatial_mixed = conv_norms(
+        3 * self.num_hidden, conv_t=temporal_fused, conv_s=spatial_fused)
+    t_gate, t_to_temporal, t_to_spatial = jnp.split(temporal_mixed, 3, axis=-1)
+    s_gate, s_to_temporal, s_to_spatial = jnp.split(spatial_mixed, 3, axis=-1)
     temporal_update = nn.sigmoid(t_gate)
     spatial_update = nn.sigmoid(s_gate)
     new_temporal = (temporal_update * t_to_temporal

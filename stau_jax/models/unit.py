@@ -153,6 +153,72 @@ class ConvNorm(nn.Module):
     return self.norm(name='norm')(x) if self.layer_norm else x
 
 
+class _ConvParams(nn.Module):
+  """nn.Conv's parameters without its convolution: 'kernel' (k, k, I, F)
+  and, if `use_bias`, 'bias' (F,), created as nn.Conv creates them."""
+  features: int
+  filter_size: int
+  in_features: int
+  use_bias: bool
+
+  @nn.compact
+  def __call__(self):
+    kernel = self.param(
+        'kernel', nn.initializers.lecun_normal(),
+        (self.filter_size, self.filter_size, self.in_features, self.features),
+        jnp.float32)
+    bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,),
+                       jnp.float32) if self.use_bias
+            else jnp.zeros((self.features,), jnp.float32))
+    return kernel, bias
+
+
+class _ConvNormParts(nn.Module):
+  """A ConvNorm's two parts, used apart: `conv` gives the convolution's
+  parameters, `norm` applies the LayerNorm. Same parameters as ConvNorm."""
+  features: int
+  filter_size: int
+  in_features: int
+  use_bias: bool
+  norm_factory: Callable[..., nn.Module]
+
+  def setup(self):
+    self.conv = _ConvParams(self.features, self.filter_size, self.in_features,
+                            self.use_bias)
+    self.norm = self.norm_factory()
+
+
+def conv_norms(features, filter_size, conv, norm, named_inputs,
+               use_bias=True):
+  """ConvNorms of the same shape on several inputs: `name(x)` for each
+  (name, x) in `named_inputs`, in order, each x (B, h, w, I).
+
+  Called inside a module's compact method, it creates the ConvNorms as that
+  module's submodules `name`, with ConvNorm's parameters. Where the conv
+  factory runs grouped convolutions fast (`conv.fast_groups`: oneDNN's) the
+  convolutions are one grouped convolution over the inputs side by side:
+  one call instead of several running at once, the same results.
+
+  Returns:
+    a tuple of (B, h, w, features), one per input.
+  """
+  if not getattr(conv, 'fast_groups', False) or len(named_inputs) == 1:
+    return tuple(ConvNorm(features, filter_size, conv, norm, use_bias,
+                          name=name)(x) for name, x in named_inputs)
+  parts = [_ConvNormParts(features, filter_size, x.shape[-1], use_bias, norm,
+                          name=name) for name, x in named_inputs]
+  kernels, biases = zip(*(part.conv() for part in parts))
+  groups = len(parts)
+  grouped = conv(groups * features, (filter_size, filter_size),
+                 padding='SAME', feature_group_count=groups)
+  outputs = grouped.apply(
+      {'params': {'kernel': jnp.concatenate(kernels, axis=-1),
+                  'bias': jnp.concatenate(biases)}},
+      jnp.concatenate([x for _, x in named_inputs], axis=-1))
+  return tuple(part.norm(y) for part, y in
+               zip(parts, jnp.split(outputs, groups, axis=-1)))
+
+
 class BiasFreeConvModule(nn.Module):
   """The fields every module of the PredRNN-family units starts with.
 
