@@ -153,7 +153,7 @@ class ConvNorm(nn.Module):
     return self.norm(name='norm')(x) if self.layer_norm else x
 
 
-class _ConvParams(nn.Module):
+class ConvParams(nn.Module):
   """nn.Conv's parameters without its convolution: 'kernel' (k, k, I, F)
   and, if `use_bias`, 'bias' (F,), created as nn.Conv creates them."""
   features: int
@@ -183,7 +183,7 @@ class _ConvNormParts(nn.Module):
   norm_factory: Callable[..., nn.Module]
 
   def setup(self):
-    self.conv = _ConvParams(self.features, self.filter_size, self.in_features,
+    self.conv = ConvParams(self.features, self.filter_size, self.in_features,
                             self.use_bias)
     self.norm = self.norm_factory()
 
@@ -210,7 +210,7 @@ def conv_norms(features, filter_size, conv, norm, named_inputs,
   kernels, biases = zip(*(part.conv() for part in parts))
   groups = len(parts)
   grouped = conv(groups * features, (filter_size, filter_size),
-                 padding='SAME', feature_group_count=groups)
+                 padding='SAME', feature_group_count=groups, parent=None)
   outputs = grouped.apply(
       {'params': {'kernel': jnp.concatenate(kernels, axis=-1),
                   'bias': jnp.concatenate(biases)}},
