@@ -114,7 +114,6 @@ def output_shape(lhs_shape, rhs_shape, strides, padding):
   return (batch, out_h, out_w, features)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv(lhs, rhs, strides, padding, operand_dtype=None, groups=1):
   """A 2D convolution by oneDNN.
 
@@ -124,7 +123,8 @@ def conv(lhs, rhs, strides, padding, operand_dtype=None, groups=1):
     strides: (sh, sw).
     padding: ((top, bottom), (left, right)), each >= 0.
     operand_dtype: what the operands are cast to (float32 or bfloat16);
-      None: lhs's dtype. Accumulation is float32.
+      None: lhs's dtype. Accumulation is float32, and so are the gradients
+      when lhs and rhs are.
     groups: feature groups, as lax's feature_group_count: group g convolves
       input channels [g I/groups, (g+1) I/groups) into outputs
       [g O/groups, (g+1) O/groups), in one call.
@@ -132,26 +132,36 @@ def conv(lhs, rhs, strides, padding, operand_dtype=None, groups=1):
   Returns:
     (B, H', W', O) in lhs's dtype.
   """
-  operand = operand_dtype or lhs.dtype
-  out = _call(_FORWARD, lhs.astype(operand), rhs.astype(operand),
+  return _conv(lhs, rhs, tuple(strides), tuple(map(tuple, padding)),
+               jnp.dtype(operand_dtype or lhs.dtype), groups,
+               jnp.dtype(rhs.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv(lhs, rhs, strides, padding, operand, groups, rhs_dtype):
+  return _conv_fwd(lhs, rhs, strides, padding, operand, groups, rhs_dtype)[0]
+
+
+def _conv_fwd(lhs, rhs, strides, padding, operand, groups, rhs_dtype):
+  """The convolution, and its operands cast for the backward pass to keep
+  (with bfloat16 operands half the bytes of float32 inputs)."""
+  del rhs_dtype
+  operands = lhs.astype(operand), rhs.astype(operand)
+  out = _call(_FORWARD, *operands,
               output_shape(lhs.shape, rhs.shape, strides, padding), strides,
               padding, groups)
-  return out.astype(lhs.dtype)
+  return out.astype(lhs.dtype), operands
 
 
-def _conv_fwd(lhs, rhs, strides, padding, operand_dtype, groups):
-  return conv(lhs, rhs, strides, padding, operand_dtype, groups), (lhs, rhs)
-
-
-def _conv_bwd(strides, padding, operand_dtype, groups, residuals, grad):
+def _conv_bwd(strides, padding, operand, groups, rhs_dtype, residuals, grad):
   lhs, rhs = residuals
-  operand = operand_dtype or lhs.dtype
+  lhs_dtype = grad.dtype  # the result's dtype is lhs's
   grad = grad.astype(operand)
-  grad_lhs = _call(_BACKWARD_DATA, grad, rhs.astype(operand), lhs.shape,
-                   strides, padding, groups)
-  grad_rhs = _call(_BACKWARD_WEIGHTS, lhs.astype(operand), grad, rhs.shape,
-                   strides, padding, groups)
-  return grad_lhs.astype(lhs.dtype), grad_rhs.astype(rhs.dtype)
+  grad_lhs = _call(_BACKWARD_DATA, grad, rhs, lhs.shape, strides, padding,
+                   groups)
+  grad_rhs = _call(_BACKWARD_WEIGHTS, lhs, grad, rhs.shape, strides, padding,
+                   groups)
+  return grad_lhs.astype(lhs_dtype), grad_rhs.astype(rhs_dtype)
 
 
-conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defvjp(_conv_fwd, _conv_bwd)

@@ -153,6 +153,16 @@ class ConvTest(parameterized.TestCase):
         lambda lhs, rhs: onednn.conv(lhs, rhs, (1, 1), padding, jnp.bfloat16),
         lhs, rhs, (1, 1), padding)
 
+  def test_backward_keeps_the_bfloat16_operands_not_the_inputs(self):
+    lhs, rhs = _normal(9, (2, 8, 8, 4), (3, 3, 4, 6))
+    _, backward = jax.vjp(
+        lambda lhs, rhs: onednn.conv(lhs, rhs, (1, 1), ((1, 1), (1, 1)),
+                                     jnp.bfloat16), lhs, rhs)
+    kept = sorted((leaf.shape, str(leaf.dtype))
+                  for leaf in jax.tree.leaves(backward))
+    self.assertEqual(kept, [((2, 8, 8, 4), 'bfloat16'),
+                            ((3, 3, 4, 6), 'bfloat16')])
+
   def test_bfloat16_inputs_give_bfloat16(self):
     lhs, rhs = _normal(3, (1, 6, 6, 4), (3, 3, 4, 5))
     out = onednn.conv(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16),
