@@ -297,8 +297,11 @@ def test_two_devices_give_the_same_parameters_as_one(tiny_run, tmp_path):
   two_devices = np.load(tmp_path / 'params.npz')
   one_device = _flat(tiny_run[2].params)
   assert set(two_devices) == set(one_device)
+  # Two half-batch gradients averaged are the full-batch gradient up to
+  # float32 summation order; 12 Adam steps (about 1e-3 each) carry that to
+  # at most 1.7e-5 (2026-12-07); a wrong reduction moves steps, not 1e-5.
   for name, value in one_device.items():
-    np.testing.assert_allclose(two_devices[name], value, rtol=1e-4, atol=1e-5,
+    np.testing.assert_allclose(two_devices[name], value, rtol=1e-4, atol=3e-5,
                                err_msg=name)
   np.testing.assert_allclose(
       [r['loss'] for r in summaries.read_losses(str(tmp_path / 'run'))],
