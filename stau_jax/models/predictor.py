@@ -158,7 +158,9 @@ def conv_factory(dtype=jnp.float32, conv_impl='auto', operand_dtype=None):
   operands cast to `operand_dtype` when given (`ops.conv`).
 
   Its outputs are named CONV_OUTPUT, which is all that rematerialized layers
-  keep for the backward pass (`resolve_remat`).
+  keep for the backward pass (`resolve_remat`). Its attribute `fast_groups`
+  says whether grouped convolutions run as fast as their groups apart
+  (oneDNN's), for `unit.conv_norms`.
   """
   def tagged_conv(*args, **kwargs):
     return checkpoint_name(ops.conv(*args, impl=conv_impl,

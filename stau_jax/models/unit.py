@@ -38,7 +38,9 @@ A layer module (one layer at one time step) provides:
 
 Layers build their convolutions with the `conv` factory (an `nn.Conv` with
 the configured dtype and lowering, see predictor.conv_factory) and their
-LayerNorms with `norm`, and never see config strings for those.
+LayerNorms with `norm`, and never see config strings for those. Several
+same-shape ConvNorms on different inputs go through `conv_norms`, which
+runs them as one grouped convolution where the factory says that is fast.
 
 A unit with an auxiliary training loss (PredRNN-v2's memory decoupling)
 gives its `Unit` an `auxiliary_loss`. Its layers `sow` what the loss needs
