@@ -55,6 +55,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from stau_jax import errors
+from stau_jax import host_memory
 
 USER_ERRORS = (errors.UserError, ValueError, OSError, EOFError,
                FloatingPointError, app.UsageError, flags.Error)
@@ -156,7 +157,9 @@ def run(main, define_flags=None):
   """Runs `define_flags()`, then `main(argv)` under absl.app.run, with user
   errors, Ctrl-C and SIGTERM as one line (config_flags reads --config
   overrides while defining its flag, so a bad override may already fail in
-  `define_flags`)."""
+  `define_flags`). First keeps freed host memory for reuse
+  (`host_memory.retain_freed_memory`), before JAX allocates anything."""
+  host_memory.retain_freed_memory()
   signal.signal(signal.SIGTERM, _raise_terminated)
   if define_flags is not None:
     _guarded(define_flags)
