@@ -157,9 +157,9 @@ def run(main, define_flags=None):
   """Runs `define_flags()`, then `main(argv)` under absl.app.run, with user
   errors, Ctrl-C and SIGTERM as one line (config_flags reads --config
   overrides while defining its flag, so a bad override may already fail in
-  `define_flags`). First keeps freed host memory for reuse
-  (`host_memory.retain_freed_memory`), before JAX allocates anything."""
-  host_memory.retain_freed_memory()
+  `define_flags`). First, with STAU_JAX_RETAIN_HOST_MEMORY=1, keeps freed
+  host memory for reuse (`host_memory`), before JAX allocates anything."""
+  host_memory.apply_environment()
   signal.signal(signal.SIGTERM, _raise_terminated)
   if define_flags is not None:
     _guarded(define_flags)

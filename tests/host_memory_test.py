@@ -10,14 +10,15 @@ import pytest
 from stau_jax import cli
 from stau_jax import host_memory
 
-# In a fresh process: optionally retain_freed_memory(), then, in the main
+# In a fresh process: retain_freed_memory() or apply_environment(), then, in the main
 # thread and in a new thread (as XLA's workers allocate), malloc and touch a
 # 64 MB block twice, freeing it in between; report the page faults of the
 # second touch.
 _PROGRAM = """
 import ctypes, json, resource, sys, threading
 from stau_jax import host_memory
-applied = host_memory.retain_freed_memory() if sys.argv[1] == 'call' else None
+applied = {'call': host_memory.retain_freed_memory,
+           'environment': host_memory.apply_environment}[sys.argv[1]]()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = (ctypes.c_void_p,)
@@ -45,42 +46,39 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc',
                                 reason='glibc only')
 
 
-def _second_touch_faults(call, **environment):
-  result = subprocess.run(
-      [sys.executable, '-c', _PROGRAM, 'call' if call else 'skip'],
-      capture_output=True, text=True, check=True,
-      env={**os.environ, **environment})
+def _second_touch_faults(how, **environment):
+  result = subprocess.run([sys.executable, '-c', _PROGRAM, how],
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, **environment})
   return json.loads(result.stdout)
 
 
 def test_glibc_default_faults_large_blocks_in_again():
-  # The premise: without the settings a freed 64 MB block is unmapped, so
-  # touching a new one faults in every page again.
-  faults = _second_touch_faults(call=False)
+  # The premise, and the default: without the variable nothing is set, and
+  # a freed 64 MB block is unmapped, so touching a new one faults in every
+  # page again.
+  faults = _second_touch_faults(
+      'environment', **{host_memory.ENABLE_VARIABLE: '0'})
+  assert faults['applied'] is False
   assert faults['main'] >= 0.9 * _PAGES
   assert faults['worker'] >= 0.9 * _PAGES
 
 
-def test_retained_memory_is_reused_in_every_thread():
-  faults = _second_touch_faults(call=True)
+@pytest.mark.parametrize('how, environment', [
+    ('call', {}), ('environment', {host_memory.ENABLE_VARIABLE: '1'})])
+def test_retained_memory_is_reused_in_every_thread(how, environment):
+  faults = _second_touch_faults(how, **environment)
   assert faults['applied'] is True
   assert faults['main'] < 0.01 * _PAGES
   assert faults['worker'] < 0.01 * _PAGES
 
 
-def test_environment_variable_turns_it_off():
-  faults = _second_touch_faults(
-      call=True, **{host_memory.DISABLE_VARIABLE: '0'})
-  assert faults['applied'] is False
-  assert faults['worker'] >= 0.9 * _PAGES
-
-
-def test_every_command_line_program_retains_memory(monkeypatch):
+def test_every_command_line_program_reads_the_variable(monkeypatch):
   calls = []
   monkeypatch.setattr(cli.signal, 'signal', lambda *args: None)
-  monkeypatch.setattr(host_memory, 'retain_freed_memory',
-                      lambda: calls.append('retain'))
+  monkeypatch.setattr(host_memory, 'apply_environment',
+                      lambda: calls.append('environment'))
   monkeypatch.setattr(cli.app, 'run', lambda main, flags_parser: calls.append(
       'main'))
   cli.run(lambda argv: None)
-  assert calls == ['retain', 'main']
+  assert calls == ['environment', 'main']
