@@ -145,6 +145,69 @@ def test_attention_weights_use_sqrt_of_state_size():
                              rtol=1e-5)
 
 
+@pytest.mark.parametrize('mask', ['none', 'traced', 'numpy'])
+def test_attention_over_a_tuple_of_entries_equals_the_stack(mask):
+  keys = jax.random.normal(jax.random.PRNGKey(0), (B, 4, H, W, C))
+  values = jax.random.normal(jax.random.PRNGKey(1), (B, 4, H, W, C))
+  query = jax.random.normal(jax.random.PRNGKey(2), (B, H, W, C))
+  valid = {'none': None, 'traced': jnp.array([True, False, True, True]),
+           'numpy': np.array([True, False, True, True])}[mask]
+  weights = cell_lib.attention_weights(keys, query, valid)
+  tuple_weights = cell_lib.attention_weights(tuple(_entries(keys)), query,
+                                             valid)
+  np.testing.assert_allclose(tuple_weights, weights, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(
+      cell_lib.attend(weights, tuple(_entries(values)), valid),
+      cell_lib.attend(weights, values, valid), rtol=1e-5, atol=1e-6)
+
+
+def test_a_numpy_mask_leaves_invalid_entries_of_a_tuple_unread():
+  keys = jax.random.normal(jax.random.PRNGKey(0), (B, 3, H, W, C))
+  query = jax.random.normal(jax.random.PRNGKey(1), (B, H, W, C))
+  nan = jnp.full((B, H, W, C), jnp.nan)
+  entries = (nan,) + tuple(_entries(keys))[1:]
+  valid = np.array([False, True, True])
+  weights = cell_lib.attention_weights(entries, query, valid)
+  np.testing.assert_array_equal(weights[:, 0], 0)
+  np.testing.assert_allclose(
+      weights[:, 1:].T,
+      spec_reference.softmax_weights(_entries(keys)[1:], query), rtol=1e-6)
+  summed = cell_lib.attend(weights, entries, valid)
+  assert bool(jnp.isfinite(summed).all())
+  # A traced mask reads every entry: 0 * NaN.
+  assert not bool(jnp.isfinite(
+      cell_lib.attend(weights, entries, jnp.asarray(valid))).all())
+
+
+def test_layer_with_a_python_int_index_passes_the_states_up_as_a_tuple():
+  """layer_loop='per_layer': the flow is a tuple of the lower layers' states
+  themselves, no stack; with a traced index it stays a stack. Same cell
+  outputs either way."""
+  layer = cell_lib.STAULayer(C, 3, TAU, THETA, cell_lib.VARIANTS['stau'],
+                             False, models.conv_factory(),
+                             models.norm_factory())
+  inputs = _random_inputs(seed=5)
+  state = (inputs['temporal'], inputs['temporal_history'],
+           inputs['spatial_history'])
+  flow = layer.initial_flow(B, H, W, jnp.float32)
+  params = layer.init(jax.random.PRNGKey(0), inputs['spatial'], flow, state,
+                      3, 0)['params']
+  outputs = {}
+  for index in (0, jnp.asarray(0)):
+    spatial, lower, new_state = layer.apply(
+        {'params': params}, inputs['spatial'], flow, state, 3, index)
+    kind = 'static' if isinstance(index, int) else 'traced'
+    outputs[kind] = (spatial, new_state)
+    if kind == 'static':
+      assert isinstance(lower[0], tuple) and len(lower[0]) == THETA
+      assert lower[0][0] is inputs['temporal']
+      assert lower[1][0] is inputs['spatial']
+    else:
+      assert lower[0].shape == (B, THETA, H, W, C)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               outputs['static'], outputs['traced'])
+
+
 def test_cell_records_attention_and_gates_only_on_request():
   module = _cell('stau')
   inputs = _random_inputs(seed=3)

@@ -274,7 +274,9 @@ class _TimeStep(nn.Module):
                          index, mutable=collections)
 
     if resolve_remat(self.remat) == 'cells':
-      apply_layer = jax.checkpoint(apply_layer, policy=_SAVE_CONV_OUTPUTS)
+      # The layer index stays a Python int, as without remat.
+      apply_layer = jax.checkpoint(apply_layer, policy=_SAVE_CONV_OUTPUTS,
+                                   static_argnums=(5,))
     new_states, outputs, sown = [], [], []
     for i, (params, state) in enumerate(zip(params_per_layer, states)):
       (inputs, flow, state), variables = apply_layer(

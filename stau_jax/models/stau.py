@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from stau_jax.models import unit
 
@@ -58,27 +59,54 @@ VARIANTS = {
 }
 
 
+def _kept(valid, count):
+  """Indices of the entries to compute: all `count` unless `valid` is a
+  NumPy mask (known when tracing), then only the valid ones."""
+  if isinstance(valid, np.ndarray):
+    return [i for i in range(count) if valid[i]]
+  return list(range(count))
+
+
 def attention_weights(keys, query, valid=None):
-  """Softmax over entries j of <keys[:, j], query> / sqrt(h*w*C).
+  """Softmax over entries j of <keys[j], query> / sqrt(h*w*C).
 
   Args:
-    keys: (B, N, h, w, C) stacked states, entries on axis 1.
+    keys: N entries (B, h, w, C): a (B, N, h, w, C) stack, read as one
+      matrix-vector product per sample, or a tuple of the entries, read one
+      by one (no stack is built or kept for the backward pass).
     query: (B, h, w, C).
-    valid: optional (N,) bool; invalid entries get weight exactly 0.
+    valid: optional (N,) bool; invalid entries get weight exactly 0. A tuple
+      with a NumPy mask (known when tracing) leaves them out of the
+      computation.
 
   Returns:
-    (B, N) weights, one scalar per sample and entry, summing to 1 over N.
+    (B, N) float32 weights, one scalar per sample and entry, summing to 1
+    over N.
   """
-  batch, entries = keys.shape[:2]
-  # As one matrix-vector product per sample over the flattened state: XLA:CPU
-  # runs it without the transposes an einsum over (h, w, C) costs.
-  scores = lax.dot_general(
-      keys.reshape(batch, entries, -1), query.reshape(batch, -1),
-      (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
-  scores = scores / math.sqrt(math.prod(query.shape[1:]))
-  if valid is not None:
+  size = math.prod(query.shape[1:])
+  if isinstance(keys, tuple):
+    count, kept = len(keys), _kept(valid, len(keys))
+    query = query.astype(jnp.float32)
+    scores = jnp.stack([jnp.sum(keys[i].astype(jnp.float32) * query,
+                                axis=(1, 2, 3)) for i in kept], axis=1)
+  else:
+    count = keys.shape[1]
+    kept = list(range(count))
+    # XLA:CPU runs the product over the flattened state without the
+    # transposes an einsum over (h, w, C) costs.
+    scores = lax.dot_general(
+        keys.reshape(keys.shape[:2] + (size,)), query.reshape(-1, size),
+        (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+  scores = scores / math.sqrt(size)
+  if valid is not None and len(kept) == count:
     scores = jnp.where(valid, scores, -jnp.inf)
-  return jax.nn.softmax(scores, axis=1)
+  weights = jax.nn.softmax(scores, axis=1)
+  if len(kept) == count:
+    return weights
+  columns = [jnp.zeros_like(weights[:, 0])] * count
+  for column, i in enumerate(kept):
+    columns[i] = weights[:, column]
+  return jnp.stack(columns, axis=1)
 
 
 def ring_order(step, size):
@@ -96,11 +124,18 @@ def _in_order(weights, order):
   return weights if order is None else weights[:, order]
 
 
-def attend(weights, values):
-  """Weighted sum over entries: (B, N) weights, (B, N, h, w, C) -> (B, h, w, C)."""
-  batch, entries = values.shape[:2]
+def attend(weights, values, valid=None):
+  """Weighted sum over entries: (B, N) weights and N entries (B, h, w, C) ->
+  (B, h, w, C). A stack (B, N, h, w, C) as one matrix product per sample, a
+  tuple entry by entry, summed in float32, leaving out the entries a NumPy
+  `valid` marks invalid (their weights are 0)."""
+  if isinstance(values, tuple):
+    summed = sum(weights[:, i, None, None, None] * values[i].astype(jnp.float32)
+                 for i in _kept(valid, len(values)))
+    return summed.astype(values[0].dtype)
+  batch, count = values.shape[:2]
   summed = lax.dot_general(
-      weights.astype(values.dtype), values.reshape(batch, entries, -1),
+      weights.astype(values.dtype), values.reshape(batch, count, -1),
       (((1,), (1,)), ((0,), (0,))))
   return summed.reshape(values.shape[:1] + values.shape[2:])
 
@@ -131,12 +166,15 @@ class STAUCell(nn.Module):
     Args:
       temporal: T_{t-1}^k, (B, h, w, C).
       spatial: S_t^{k-1}, (B, h, w, C), the input from the layer below.
-      temporal_history: t_att, (B, tau, h, w, C): T_{t-tau..t-1}^k.
-      spatial_history: s_att, (B, tau, h, w, C): S_{t-tau..t-1}^{k-1}.
-      lower_temporal: t_spatial, (B, theta, h, w, C): T_{t-1}^j, j <= k.
-      lower_spatial: s_spatial, (B, theta, h, w, C): S_t^{j-1}, j <= k.
+      temporal_history: t_att, tau entries: T_{t-tau..t-1}^k.
+      spatial_history: s_att, tau entries: S_{t-tau..t-1}^{k-1}.
+      lower_temporal: t_spatial, theta entries: T_{t-1}^j, j <= k.
+      lower_spatial: s_spatial, theta entries: S_t^{j-1}, j <= k.
+        Entries (B, h, w, C) each, as a (B, N, h, w, C) stack or a tuple
+        (see `attention_weights`).
       lower_valid: optional (theta,) bool marking filled slots of the two
-        lower-layer stacks; empty slots are masked out of beta's softmax.
+        lower-layer stacks; empty slots are masked out of beta's softmax (a
+        NumPy mask: left out of the computation).
       history_order, lower_order: optional (tau,) and (theta,) slot indices,
         oldest (lowest) first, the order alpha and beta are recorded in
         (default: slot order).
@@ -172,7 +210,7 @@ class STAUCell(nn.Module):
         beta = attention_weights(lower_spatial, spatial_query, lower_valid)
       spatial_gate = nn.sigmoid(spatial_query)
       unit.record(self, beta=_in_order(beta, lower_order), F_S=spatial_gate)
-      spatial_trend = attend(beta, lower_spatial)
+      spatial_trend = attend(beta, lower_spatial, lower_valid)
       spatial_fused = spatial_gate * spatial + (1 - spatial_gate) * spatial_trend
     else:
       spatial_fused = spatial
@@ -199,9 +237,12 @@ class STAULayer(nn.Module):
   State (per layer, through time): (T_{t-1}^k, temporal history T_{t-tau..t-1}^k,
   spatial history S_{t-tau..t-1}^{k-1}), the histories (B, tau, h, w, C) ring
   buffers written at slot t % tau (entries on axis 1, where the attention
-  reads them). Flow (inside one step): the (B, theta, h, w, C) stacks of the
-  lower layers' T_{t-1}^j and S_t^{j-1}, restarted every step. Passes S_t^k
-  up.
+  reads them). Flow (inside one step): the theta-slot stacks of the lower
+  layers' T_{t-1}^j and S_t^{j-1}, restarted every step, written at slot
+  k % theta. Where the layer index is a Python int (layer_loop='per_layer')
+  they are tuples of theta entries instead, the lower layers' states
+  themselves, and the slots not yet written are left out of the attention:
+  no stack is built or kept for the backward pass. Passes S_t^k up.
   """
   num_hidden: int
   filter_size: int
@@ -231,9 +272,10 @@ class STAULayer(nn.Module):
     lower_temporal, lower_spatial = flow
     temporal, temporal_history, spatial_history = state
     slot = layer % self.theta
-    lower_temporal = lower_temporal.at[:, slot].set(temporal)
-    lower_spatial = lower_spatial.at[:, slot].set(spatial)
-    lower_valid = jnp.arange(self.theta) <= layer
+    lower_temporal = _with_entry(lower_temporal, slot, temporal)
+    lower_spatial = _with_entry(lower_spatial, slot, spatial)
+    lower_valid = (np if isinstance(layer, int) else jnp).arange(
+        self.theta) <= layer
     new_temporal, new_spatial = STAUCell(
         self.num_hidden, self.filter_size, self.variant, self.residual,
         self.conv, self.norm, name='cell')(
@@ -246,6 +288,17 @@ class STAULayer(nn.Module):
     spatial_history = spatial_history.at[:, time_slot].set(spatial)
     return (new_spatial, (lower_temporal, lower_spatial),
             (new_temporal, temporal_history, spatial_history))
+
+
+def _with_entry(lower, slot, value):
+  """The lower-layer slots `lower` with slot `slot` set to `value`: a
+  (B, theta, h, w, C) stack, or where `slot` is a Python int a tuple of
+  theta entries (B, h, w, C) (a stack becomes one)."""
+  if isinstance(slot, int):
+    if not isinstance(lower, tuple):
+      lower = tuple(lower[:, i] for i in range(lower.shape[1]))
+    return lower[:slot] + (value,) + lower[slot + 1:]
+  return lower.at[:, slot].set(value)
 
 
 # What STAU records, and the attention a variant needs to record it (None:
