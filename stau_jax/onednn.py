@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 TARGET = 'stau_jax_onednn_conv'
+PACK_TARGET = 'stau_jax_onednn_pack'
 # What oneDNN accepts as operands here.
 OPERAND_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 _FORWARD, _BACKWARD_DATA, _BACKWARD_WEIGHTS = 0, 1, 2
@@ -61,6 +62,8 @@ def _status():
   except (ImportError, OSError, importlib.metadata.PackageNotFoundError) as e:
     return False, f'the oneDNN extension did not load ({e})'
   jax.ffi.register_ffi_target(TARGET, extension.handler(), platform='cpu')
+  jax.ffi.register_ffi_target(PACK_TARGET, extension.pack_handler(),
+                              platform='cpu')
   return True, ''
 
 
@@ -84,16 +87,43 @@ def supports(lhs_dtype, operand_dtype):
   return operand in OPERAND_DTYPES and jnp.dtype(lhs_dtype) in OPERAND_DTYPES
 
 
-def _call(kind, a, b, out_shape, strides, padding, groups):
-  check_available()  # registers the target on first use
+def _geometry(strides, padding, groups):
   (top, bottom), (left, right) = padding
+  return dict(stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+              pad_top=np.int64(top), pad_bottom=np.int64(bottom),
+              pad_left=np.int64(left), pad_right=np.int64(right),
+              groups=np.int64(groups))
+
+
+def _call(kind, a, b, out_shape, strides, padding, groups, packed=False):
+  check_available()  # registers the target on first use
   return jax.ffi.ffi_call(
       TARGET, jax.ShapeDtypeStruct(out_shape, jnp.float32),
       vmap_method='sequential')(
-          a, b, kind=np.int64(kind), stride_h=np.int64(strides[0]),
-          stride_w=np.int64(strides[1]), pad_top=np.int64(top),
-          pad_bottom=np.int64(bottom), pad_left=np.int64(left),
-          pad_right=np.int64(right), groups=np.int64(groups))
+          a, b, kind=np.int64(kind), packed=np.int64(packed),
+          **_geometry(strides, padding, groups))
+
+
+def _packed_kernel(lhs_shape, rhs, out_shape, strides, padding, groups):
+  """rhs in the layout oneDNN's forward primitive reads, as an array of
+  rhs's shape and dtype (for `_call(..., packed=True)`), or None where that
+  layout has another size. One call on the kernel alone: XLA hoists it out
+  of a loop whose steps share the kernel, instead of every step's call
+  reordering it again."""
+  (batch, in_h, in_w, in_c), (kh, kw, _, out_c) = lhs_shape, rhs.shape
+  (top, bottom), (left, right) = padding
+  extension = importlib.import_module('stau_jax._onednn_conv')
+  if not extension.packable(
+      batch, in_h, in_w, in_c, out_shape[1], out_shape[2], out_c, kh, kw,
+      strides[0], strides[1], top, bottom, left, right, groups,
+      int(rhs.dtype == jnp.bfloat16)):
+    return None
+  return jax.ffi.ffi_call(
+      PACK_TARGET, jax.ShapeDtypeStruct(rhs.shape, rhs.dtype),
+      vmap_method='sequential')(
+          rhs, batch=np.int64(batch), in_h=np.int64(in_h),
+          in_w=np.int64(in_w), out_h=np.int64(out_shape[1]),
+          out_w=np.int64(out_shape[2]), **_geometry(strides, padding, groups))
 
 
 def call_flops(attributes, a_shape, b_shape, out_shape):
@@ -146,10 +176,14 @@ def _conv_fwd(lhs, rhs, strides, padding, operand, groups, rhs_dtype):
   """The convolution, and its operands cast for the backward pass to keep
   (with bfloat16 operands half the bytes of float32 inputs)."""
   del rhs_dtype
+  check_available()  # registers the targets on first use
   operands = lhs.astype(operand), rhs.astype(operand)
-  out = _call(_FORWARD, *operands,
-              output_shape(lhs.shape, rhs.shape, strides, padding), strides,
-              padding, groups)
+  out_shape = output_shape(lhs.shape, rhs.shape, strides, padding)
+  packed = _packed_kernel(lhs.shape, operands[1], out_shape, strides, padding,
+                          groups)
+  out = _call(_FORWARD, operands[0],
+              operands[1] if packed is None else packed, out_shape, strides,
+              padding, groups, packed=packed is not None)
   return out.astype(lhs.dtype), operands
 
 

@@ -14,7 +14,10 @@
 // the handler as a capsule (`handler()`); stau_jax/onednn.py registers it.
 //
 // oneDNN picks the kernel layout it runs fastest (format `any`); kernels are
-// reordered to and from HWIO around each call (a few hundred KB). Primitives
+// reordered to and from HWIO around each call (a few hundred KB), except a
+// forward kernel given already reordered (attribute `packed` = 1) by the
+// second handler, `OnednnPack` (`pack_handler()`, `packable(...)`), which
+// XLA hoists out of a time loop whose steps share the kernel. Primitives
 // are built once per shape and kept; convolutions under 10 million
 // multiply-adds, and all kernel reorders, build and run single-threaded
 // (kSingleThreadMacs, OneThreadIf). Each calling thread brings its own
@@ -203,7 +206,8 @@ const Plan& GetPlan(const Problem& problem) {
 ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
                ffi::Result<ffi::AnyBuffer> out, int64_t kind, int64_t stride_h,
                int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-               int64_t pad_left, int64_t pad_right, int64_t groups) {
+               int64_t pad_left, int64_t pad_right, int64_t groups,
+               int64_t packed) {
   if (kind < kForward || kind > kBackwardWeights) {
     return ffi::Error::InvalidArgument("onednn_conv: unknown kind");
   }
@@ -260,7 +264,15 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
     dnnl::memory user_weights(plan.user_weights, engine,
                               weights_buffer.untyped_data());
     dnnl::memory weights_memory = user_weights;
-    if (plan.reorder_weights) {
+    if (packed) {  // Already in the forward primitive's layout (Pack).
+      if (kind != kForward ||
+          plan.weights.get_size() != plan.user_weights.get_size()) {
+        return ffi::Error::InvalidArgument(
+            "onednn_conv: only forward kernels of unchanged size are packed");
+      }
+      weights_memory =
+          dnnl::memory(plan.weights, engine, weights_buffer.untyped_data());
+    } else if (plan.reorder_weights) {
       weights_memory = dnnl::memory(
           plan.weights, engine, ThreadBuffer(1, plan.weights.get_size()));
       if (kind != kBackwardWeights) {
@@ -313,6 +325,94 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv, Run,
                                   .Attr<int64_t>("pad_bottom")
                                   .Attr<int64_t>("pad_left")
                                   .Attr<int64_t>("pad_right")
+                                  .Attr<int64_t>("groups")
+                                  .Attr<int64_t>("packed"));
+
+namespace {
+
+// The forward problem of a convolution given by its shapes, for Pack and
+// ForwardWeightsBytes: input (batch, in_h, in_w, in_c), output
+// (out_h, out_w, out_c), kernel (kernel_h, kernel_w, in_c / groups, out_c).
+Problem ForwardProblem(int64_t batch, int64_t in_h, int64_t in_w, int64_t in_c,
+                       int64_t out_h, int64_t out_w, int64_t out_c,
+                       int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+                       int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                       int64_t pad_left, int64_t pad_right, int64_t groups,
+                       dt operand_type) {
+  return Problem{kForward, batch,    in_c,     in_h,     in_w,
+                 out_c,    out_h,    out_w,    kernel_h, kernel_w,
+                 stride_h, stride_w, pad_top,  pad_bottom, pad_left,
+                 pad_right, groups,  operand_type};
+}
+
+// The HWIO kernel `b` reordered into the layout the forward primitive of the
+// given convolution reads (`packed` = 1 in Run then skips that reorder). A
+// call with the kernel alone as operand, so XLA hoists it out of the time
+// loop where the kernel is the same at every step.
+ffi::Error Pack(ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
+                int64_t batch, int64_t in_h, int64_t in_w, int64_t out_h,
+                int64_t out_w, int64_t stride_h, int64_t stride_w,
+                int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                int64_t pad_right, int64_t groups) {
+  auto weights = b.dimensions();
+  if (weights.size() != 4 || out->dimensions().size() != 4 ||
+      out->element_type() != b.element_type() || groups < 1) {
+    return ffi::Error::InvalidArgument("onednn_pack: bad operands");
+  }
+  dt operand_type;
+  if (b.element_type() == ffi::DataType::F32) {
+    operand_type = dt::f32;
+  } else if (b.element_type() == ffi::DataType::BF16) {
+    operand_type = dt::bf16;
+  } else {
+    return ffi::Error::InvalidArgument(
+        "onednn_pack: kernels must be float32 or bfloat16");
+  }
+  Problem problem = ForwardProblem(
+      batch, in_h, in_w, weights[2] * groups, out_h, out_w, weights[3],
+      weights[0], weights[1], stride_h, stride_w, pad_top, pad_bottom,
+      pad_left, pad_right, groups, operand_type);
+  try {
+    const Plan& plan = GetPlan(problem);
+    if (plan.weights.get_size() != plan.user_weights.get_size() ||
+        plan.weights.get_size() != out->size_bytes()) {
+      return ffi::Error::InvalidArgument(
+          "onednn_pack: the packed kernel changes size");
+    }
+    auto& engine = Engine();
+    thread_local dnnl::stream stream(engine);
+    OneThreadIf one_thread(true);
+    dnnl::memory user_weights(plan.user_weights, engine, b.untyped_data());
+    dnnl::memory packed(plan.weights, engine, out->untyped_data());
+    if (plan.reorder_weights) {
+      plan.weights_reorder.execute(stream, user_weights, packed);
+    } else {
+      dnnl::reorder(user_weights, packed).execute(stream, user_weights, packed);
+    }
+    stream.wait();
+  } catch (const dnnl::error& error) {
+    return ffi::Error::Internal(std::string("onednn_pack: ") + error.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnPack, Pack,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("batch")
+                                  .Attr<int64_t>("in_h")
+                                  .Attr<int64_t>("in_w")
+                                  .Attr<int64_t>("out_h")
+                                  .Attr<int64_t>("out_w")
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right")
                                   .Attr<int64_t>("groups"));
 
 namespace {
@@ -321,10 +421,43 @@ PyObject* Handler(PyObject*, PyObject*) {
   return PyCapsule_New(reinterpret_cast<void*>(&OnednnConv), nullptr, nullptr);
 }
 
+PyObject* PackHandler(PyObject*, PyObject*) {
+  return PyCapsule_New(reinterpret_cast<void*>(&OnednnPack), nullptr, nullptr);
+}
+
+// Whether the forward primitive of a convolution reads its kernel in a
+// layout of the kernel's own size (so Pack can run): arguments batch, in_h,
+// in_w, in_c, out_h, out_w, out_c, kernel_h, kernel_w, stride_h, stride_w,
+// pad_top, pad_bottom, pad_left, pad_right, groups, bfloat16 (0 or 1).
+PyObject* Packable(PyObject*, PyObject* args) {
+  long long v[17];
+  if (!PyArg_ParseTuple(args, "LLLLLLLLLLLLLLLLL", &v[0], &v[1], &v[2], &v[3],
+                        &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10],
+                        &v[11], &v[12], &v[13], &v[14], &v[15], &v[16])) {
+    return nullptr;
+  }
+  Problem problem = ForwardProblem(v[0], v[1], v[2], v[3], v[4], v[5], v[6],
+                                   v[7], v[8], v[9], v[10], v[11], v[12],
+                                   v[13], v[14], v[15],
+                                   v[16] ? dt::bf16 : dt::f32);
+  try {
+    const Plan& plan = GetPlan(problem);
+    return PyBool_FromLong(plan.weights.get_size() ==
+                           plan.user_weights.get_size());
+  } catch (const dnnl::error& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+}
+
 PyMethodDef kMethods[] = {
     {"handler", Handler, METH_NOARGS,
      "The XLA FFI handler OnednnConv as a capsule, for "
      "jax.ffi.register_ffi_target."},
+    {"pack_handler", PackHandler, METH_NOARGS,
+     "The XLA FFI handler OnednnPack as a capsule."},
+    {"packable", Packable, METH_VARARGS,
+     "Whether a forward convolution's kernel can be packed (see Pack)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_onednn_conv",
