@@ -274,9 +274,12 @@ class _TimeStep(nn.Module):
                          index, mutable=collections)
 
     if resolve_remat(self.remat) == 'cells':
-      # The layer index stays a Python int, as without remat.
+      # The layer index stays a Python int, as without remat; no CSE
+      # barrier (the time scan already keeps the recomputation apart), so
+      # XLA hoists what does not change between steps (the grouped kernels,
+      # oneDNN's packed kernels) out of the backward time loop.
       apply_layer = jax.checkpoint(apply_layer, policy=_SAVE_CONV_OUTPUTS,
-                                   static_argnums=(5,))
+                                   static_argnums=(5,), prevent_cse=False)
     new_states, outputs, sown = [], [], []
     for i, (params, state) in enumerate(zip(params_per_layer, states)):
       (inputs, flow, state), variables = apply_layer(
@@ -313,7 +316,7 @@ class _TimeStep(nn.Module):
       return (flow if single else (outputs, flow)), (state, hidden)
 
     if resolve_remat(self.remat) == 'cells':
-      body = nn.remat(body, policy=_SAVE_CONV_OUTPUTS)
+      body = nn.remat(body, policy=_SAVE_CONV_OUTPUTS, prevent_cse=False)
     unrolled = resolve_layer_loop(self.layer_loop) == 'unrolled'
     scan = nn.scan(body, variable_axes={'params': 0, unit.RECORDS: 0,
                                         unit.AUXILIARY: 0},
