@@ -104,25 +104,24 @@ def _call(kind, a, b, out_shape, strides, padding, groups, packed=False):
           **_geometry(strides, padding, groups))
 
 
-def _packed_kernel(kind, lhs_shape, rhs, out_shape, strides, padding, groups):
-  """rhs in the layout oneDNN's primitive of `kind` (forward or backward
-  data) reads, as an array of rhs's shape and dtype (for
-  `_call(kind, ..., packed=True)`), or None where that layout has another
-  size. lhs_shape and out_shape are the forward convolution's input and
-  output. One call on the kernel alone: XLA hoists it out of a loop whose
-  steps share the kernel, instead of every step's call reordering it."""
+def _packed_kernel(lhs_shape, rhs, out_shape, strides, padding, groups):
+  """rhs in the layout oneDNN's forward primitive reads, as an array of
+  rhs's shape and dtype (for `_call(..., packed=True)`), or None where that
+  layout has another size. One call on the kernel alone: XLA hoists it out
+  of a loop whose steps share the kernel, instead of every step's call
+  reordering it again."""
   (batch, in_h, in_w, in_c), (kh, kw, _, out_c) = lhs_shape, rhs.shape
   (top, bottom), (left, right) = padding
   extension = importlib.import_module('stau_jax._onednn_conv')
   if not extension.packable(
-      kind, batch, in_h, in_w, in_c, out_shape[1], out_shape[2], out_c, kh, kw,
+      batch, in_h, in_w, in_c, out_shape[1], out_shape[2], out_c, kh, kw,
       strides[0], strides[1], top, bottom, left, right, groups,
       int(rhs.dtype == jnp.bfloat16)):
     return None
   return jax.ffi.ffi_call(
       PACK_TARGET, jax.ShapeDtypeStruct(rhs.shape, rhs.dtype),
       vmap_method='sequential')(
-          rhs, kind=np.int64(kind), batch=np.int64(batch), in_h=np.int64(in_h),
+          rhs, batch=np.int64(batch), in_h=np.int64(in_h),
           in_w=np.int64(in_w), out_h=np.int64(out_shape[1]),
           out_w=np.int64(out_shape[2]), **_geometry(strides, padding, groups))
 
@@ -180,29 +179,20 @@ def _conv_fwd(lhs, rhs, strides, padding, operand, groups, rhs_dtype):
   check_available()  # registers the targets on first use
   operands = lhs.astype(operand), rhs.astype(operand)
   out_shape = output_shape(lhs.shape, rhs.shape, strides, padding)
-  out = _call_packed(_FORWARD, operands[0], operands[1], lhs.shape, out_shape,
-                     strides, padding, groups)
-  return out.astype(lhs.dtype), operands
-
-
-def _call_packed(kind, a, rhs, lhs_shape, out_shape, strides, padding,
-                 groups):
-  """`_call(kind, a, rhs, ...)` (forward or backward data) with the kernel
-  packed where it can be (`_packed_kernel`). lhs_shape, out_shape: the
-  forward convolution's input and output."""
-  packed = _packed_kernel(kind, lhs_shape, rhs, out_shape, strides, padding,
+  packed = _packed_kernel(lhs.shape, operands[1], out_shape, strides, padding,
                           groups)
-  return _call(kind, a, rhs if packed is None else packed,
-               out_shape if kind == _FORWARD else lhs_shape, strides,
-               padding, groups, packed=packed is not None)
+  out = _call(_FORWARD, operands[0],
+              operands[1] if packed is None else packed, out_shape, strides,
+              padding, groups, packed=packed is not None)
+  return out.astype(lhs.dtype), operands
 
 
 def _conv_bwd(strides, padding, operand, groups, rhs_dtype, residuals, grad):
   lhs, rhs = residuals
   lhs_dtype = grad.dtype  # the result's dtype is lhs's
   grad = grad.astype(operand)
-  grad_lhs = _call_packed(_BACKWARD_DATA, grad, rhs, lhs.shape, grad.shape,
-                          strides, padding, groups)
+  grad_lhs = _call(_BACKWARD_DATA, grad, rhs, lhs.shape, strides, padding,
+                   groups)
   grad_rhs = _call(_BACKWARD_WEIGHTS, lhs, grad, rhs.shape, strides, padding,
                    groups)
   return grad_lhs.astype(lhs_dtype), grad_rhs.astype(rhs_dtype)

@@ -15,10 +15,9 @@
 //
 // oneDNN picks the kernel layout it runs fastest (format `any`); kernels are
 // reordered to and from HWIO around each call (a few hundred KB), except a
-// kernel given already reordered (attribute `packed` = 1, forward and
-// backward data) by the second handler, `OnednnPack` (`pack_handler()`,
-// `packable(...)`), which XLA hoists out of a time loop whose steps share
-// the kernel. Primitives
+// forward kernel given already reordered (attribute `packed` = 1) by the
+// second handler, `OnednnPack` (`pack_handler()`, `packable(...)`), which
+// XLA hoists out of a time loop whose steps share the kernel. Primitives
 // are built once per shape and kept; convolutions under 10 million
 // multiply-adds, and all kernel reorders, build and run single-threaded
 // (kSingleThreadMacs, OneThreadIf). Each calling thread brings its own
@@ -265,12 +264,11 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
     dnnl::memory user_weights(plan.user_weights, engine,
                               weights_buffer.untyped_data());
     dnnl::memory weights_memory = user_weights;
-    if (packed) {  // Already in the primitive's layout (Pack).
-      if (kind == kBackwardWeights ||
+    if (packed) {  // Already in the forward primitive's layout (Pack).
+      if (kind != kForward ||
           plan.weights.get_size() != plan.user_weights.get_size()) {
         return ffi::Error::InvalidArgument(
-            "onednn_conv: only kernels read (forward, backward data) and of "
-            "unchanged size are packed");
+            "onednn_conv: only forward kernels of unchanged size are packed");
       }
       weights_memory =
           dnnl::memory(plan.weights, engine, weights_buffer.untyped_data());
@@ -332,34 +330,33 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv, Run,
 
 namespace {
 
-// The problem of kind `kind` of a convolution given by its shapes, for Pack
-// and Packable: input (batch, in_h, in_w, in_c), output (out_h, out_w,
-// out_c), kernel (kernel_h, kernel_w, in_c / groups, out_c).
-Problem ShapedProblem(int64_t kind, int64_t batch, int64_t in_h, int64_t in_w,
-                      int64_t in_c, int64_t out_h, int64_t out_w,
-                      int64_t out_c, int64_t kernel_h, int64_t kernel_w,
-                      int64_t stride_h, int64_t stride_w, int64_t pad_top,
-                      int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
-                      int64_t groups, dt operand_type) {
-  return Problem{kind,     batch,    in_c,     in_h,     in_w,
+// The forward problem of a convolution given by its shapes, for Pack and
+// ForwardWeightsBytes: input (batch, in_h, in_w, in_c), output
+// (out_h, out_w, out_c), kernel (kernel_h, kernel_w, in_c / groups, out_c).
+Problem ForwardProblem(int64_t batch, int64_t in_h, int64_t in_w, int64_t in_c,
+                       int64_t out_h, int64_t out_w, int64_t out_c,
+                       int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+                       int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
+                       int64_t pad_left, int64_t pad_right, int64_t groups,
+                       dt operand_type) {
+  return Problem{kForward, batch,    in_c,     in_h,     in_w,
                  out_c,    out_h,    out_w,    kernel_h, kernel_w,
                  stride_h, stride_w, pad_top,  pad_bottom, pad_left,
                  pad_right, groups,  operand_type};
 }
 
-// The HWIO kernel `b` reordered into the layout the primitive of kind `kind`
-// (forward or backward data) of the given convolution reads (`packed` = 1 in
-// Run then skips that reorder). A call with the kernel alone as operand, so
-// XLA hoists it out of a time loop whose steps share the kernel.
+// The HWIO kernel `b` reordered into the layout the forward primitive of the
+// given convolution reads (`packed` = 1 in Run then skips that reorder). A
+// call with the kernel alone as operand, so XLA hoists it out of the time
+// loop where the kernel is the same at every step.
 ffi::Error Pack(ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
-                int64_t kind, int64_t batch, int64_t in_h, int64_t in_w,
-                int64_t out_h, int64_t out_w, int64_t stride_h,
-                int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-                int64_t pad_left, int64_t pad_right, int64_t groups) {
+                int64_t batch, int64_t in_h, int64_t in_w, int64_t out_h,
+                int64_t out_w, int64_t stride_h, int64_t stride_w,
+                int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                int64_t pad_right, int64_t groups) {
   auto weights = b.dimensions();
   if (weights.size() != 4 || out->dimensions().size() != 4 ||
-      out->element_type() != b.element_type() || groups < 1 ||
-      (kind != kForward && kind != kBackwardData)) {
+      out->element_type() != b.element_type() || groups < 1) {
     return ffi::Error::InvalidArgument("onednn_pack: bad operands");
   }
   dt operand_type;
@@ -371,8 +368,8 @@ ffi::Error Pack(ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
     return ffi::Error::InvalidArgument(
         "onednn_pack: kernels must be float32 or bfloat16");
   }
-  Problem problem = ShapedProblem(
-      kind, batch, in_h, in_w, weights[2] * groups, out_h, out_w, weights[3],
+  Problem problem = ForwardProblem(
+      batch, in_h, in_w, weights[2] * groups, out_h, out_w, weights[3],
       weights[0], weights[1], stride_h, stride_w, pad_top, pad_bottom,
       pad_left, pad_right, groups, operand_type);
   try {
@@ -405,7 +402,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnPack, Pack,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("kind")
                                   .Attr<int64_t>("batch")
                                   .Attr<int64_t>("in_h")
                                   .Attr<int64_t>("in_w")
@@ -429,27 +425,21 @@ PyObject* PackHandler(PyObject*, PyObject*) {
   return PyCapsule_New(reinterpret_cast<void*>(&OnednnPack), nullptr, nullptr);
 }
 
-// Whether the primitive of kind `kind` (forward or backward data) of a
-// convolution reads its kernel in a layout of the kernel's own size (so Pack
-// can run): arguments kind, batch, in_h, in_w, in_c, out_h, out_w, out_c,
-// kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_bottom, pad_left,
-// pad_right, groups, bfloat16 (0 or 1).
+// Whether the forward primitive of a convolution reads its kernel in a
+// layout of the kernel's own size (so Pack can run): arguments batch, in_h,
+// in_w, in_c, out_h, out_w, out_c, kernel_h, kernel_w, stride_h, stride_w,
+// pad_top, pad_bottom, pad_left, pad_right, groups, bfloat16 (0 or 1).
 PyObject* Packable(PyObject*, PyObject* args) {
-  long long v[18];
-  if (!PyArg_ParseTuple(args, "LLLLLLLLLLLLLLLLLL", &v[0], &v[1], &v[2], &v[3],
+  long long v[17];
+  if (!PyArg_ParseTuple(args, "LLLLLLLLLLLLLLLLL", &v[0], &v[1], &v[2], &v[3],
                         &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10],
-                        &v[11], &v[12], &v[13], &v[14], &v[15], &v[16],
-                        &v[17])) {
+                        &v[11], &v[12], &v[13], &v[14], &v[15], &v[16])) {
     return nullptr;
   }
-  if (v[0] != kForward && v[0] != kBackwardData) {
-    PyErr_SetString(PyExc_ValueError, "packable: kind must be 0 or 1");
-    return nullptr;
-  }
-  Problem problem = ShapedProblem(v[0], v[1], v[2], v[3], v[4], v[5], v[6],
-                                  v[7], v[8], v[9], v[10], v[11], v[12],
-                                  v[13], v[14], v[15], v[16],
-                                  v[17] ? dt::bf16 : dt::f32);
+  Problem problem = ForwardProblem(v[0], v[1], v[2], v[3], v[4], v[5], v[6],
+                                   v[7], v[8], v[9], v[10], v[11], v[12],
+                                   v[13], v[14], v[15],
+                                   v[16] ? dt::bf16 : dt::f32);
   try {
     const Plan& plan = GetPlan(problem);
     return PyBool_FromLong(plan.weights.get_size() ==

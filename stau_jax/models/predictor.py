@@ -276,8 +276,8 @@ class _TimeStep(nn.Module):
     if resolve_remat(self.remat) == 'cells':
       # The layer index stays a Python int, as without remat; no CSE
       # barrier (the time scan already keeps the recomputation apart), so
-      # XLA hoists what does not change between steps (the grouped kernels,
-      # oneDNN's packed kernels) out of the backward time loop.
+      # XLA hoists what does not change between steps (the grouped pairs'
+      # kernels) out of the backward time loop.
       apply_layer = jax.checkpoint(apply_layer, policy=_SAVE_CONV_OUTPUTS,
                                    static_argnums=(5,), prevent_cse=False)
     new_states, outputs, sown = [], [], []
