@@ -110,6 +110,7 @@ def _packed_kernel(lhs_shape, rhs, out_shape, strides, padding, groups):
   layout has another size. One call on the kernel alone: XLA hoists it out
   of a loop whose steps share the kernel, instead of every step's call
   reordering it again."""
+  check_available()  # registers the targets on first use
   (batch, in_h, in_w, in_c), (kh, kw, _, out_c) = lhs_shape, rhs.shape
   (top, bottom), (left, right) = padding
   extension = importlib.import_module('stau_jax._onednn_conv')
@@ -176,7 +177,6 @@ def _conv_fwd(lhs, rhs, strides, padding, operand, groups, rhs_dtype):
   """The convolution, and its operands cast for the backward pass to keep
   (with bfloat16 operands half the bytes of float32 inputs)."""
   del rhs_dtype
-  check_available()  # registers the targets on first use
   operands = lhs.astype(operand), rhs.astype(operand)
   out_shape = output_shape(lhs.shape, rhs.shape, strides, padding)
   packed = _packed_kernel(lhs.shape, operands[1], out_shape, strides, padding,

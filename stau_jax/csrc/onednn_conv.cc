@@ -191,6 +191,31 @@ void* ThreadBuffer(int slot, size_t bytes) {
   return reinterpret_cast<void*>((address + 63) & ~std::uintptr_t{63});
 }
 
+// oneDNN's type for float32 or bfloat16 buffers; false for any other.
+bool OperandType(ffi::DataType type, dt* operand_type) {
+  if (type == ffi::DataType::F32) {
+    *operand_type = dt::f32;
+  } else if (type == ffi::DataType::BF16) {
+    *operand_type = dt::bf16;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// The attributes both handlers take, in the order of their parameters.
+template <typename Binding>
+auto WithGeometry(Binding binding) {
+  return std::move(binding)
+      .template Attr<int64_t>("stride_h")
+      .template Attr<int64_t>("stride_w")
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_bottom")
+      .template Attr<int64_t>("pad_left")
+      .template Attr<int64_t>("pad_right")
+      .template Attr<int64_t>("groups");
+}
+
 const Plan& GetPlan(const Problem& problem) {
   static std::mutex mutex;
   static std::map<Problem, std::unique_ptr<Plan>> plans;
@@ -223,11 +248,7 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
   }
   const auto operand = a.element_type();
   dt operand_type;
-  if (operand == ffi::DataType::F32) {
-    operand_type = dt::f32;
-  } else if (operand == ffi::DataType::BF16) {
-    operand_type = dt::bf16;
-  } else {
+  if (!OperandType(operand, &operand_type)) {
     return ffi::Error::InvalidArgument(
         "onednn_conv: operands must be float32 or bfloat16");
   }
@@ -314,24 +335,17 @@ ffi::Error Run(ffi::AnyBuffer a, ffi::AnyBuffer b,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConv, Run,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("kind")
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_bottom")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right")
-                                  .Attr<int64_t>("groups")
+                              WithGeometry(ffi::Ffi::Bind()
+                                               .Arg<ffi::AnyBuffer>()
+                                               .Arg<ffi::AnyBuffer>()
+                                               .Ret<ffi::AnyBuffer>()
+                                               .Attr<int64_t>("kind"))
                                   .Attr<int64_t>("packed"));
 
 namespace {
 
 // The forward problem of a convolution given by its shapes, for Pack and
-// ForwardWeightsBytes: input (batch, in_h, in_w, in_c), output
+// Packable: input (batch, in_h, in_w, in_c), output
 // (out_h, out_w, out_c), kernel (kernel_h, kernel_w, in_c / groups, out_c).
 Problem ForwardProblem(int64_t batch, int64_t in_h, int64_t in_w, int64_t in_c,
                        int64_t out_h, int64_t out_w, int64_t out_c,
@@ -360,11 +374,7 @@ ffi::Error Pack(ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
     return ffi::Error::InvalidArgument("onednn_pack: bad operands");
   }
   dt operand_type;
-  if (b.element_type() == ffi::DataType::F32) {
-    operand_type = dt::f32;
-  } else if (b.element_type() == ffi::DataType::BF16) {
-    operand_type = dt::bf16;
-  } else {
+  if (!OperandType(b.element_type(), &operand_type)) {
     return ffi::Error::InvalidArgument(
         "onednn_pack: kernels must be float32 or bfloat16");
   }
@@ -399,21 +409,14 @@ ffi::Error Pack(ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnPack, Pack,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("batch")
-                                  .Attr<int64_t>("in_h")
-                                  .Attr<int64_t>("in_w")
-                                  .Attr<int64_t>("out_h")
-                                  .Attr<int64_t>("out_w")
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_bottom")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right")
-                                  .Attr<int64_t>("groups"));
+                              WithGeometry(ffi::Ffi::Bind()
+                                               .Arg<ffi::AnyBuffer>()
+                                               .Ret<ffi::AnyBuffer>()
+                                               .Attr<int64_t>("batch")
+                                               .Attr<int64_t>("in_h")
+                                               .Attr<int64_t>("in_w")
+                                               .Attr<int64_t>("out_h")
+                                               .Attr<int64_t>("out_w")));
 
 namespace {
 
