@@ -103,10 +103,8 @@ def attention_weights(keys, query, valid=None):
   weights = jax.nn.softmax(scores, axis=1)
   if len(kept) == count:
     return weights
-  columns = [jnp.zeros_like(weights[:, 0])] * count
-  for column, i in enumerate(kept):
-    columns[i] = weights[:, column]
-  return jnp.stack(columns, axis=1)
+  return jnp.zeros((weights.shape[0], count), weights.dtype).at[:, kept].set(
+      weights)
 
 
 def ring_order(step, size):
