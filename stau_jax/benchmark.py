@@ -37,6 +37,7 @@ import optax
 
 from stau_jax import cli
 from stau_jax import data
+from stau_jax import host_memory
 from stau_jax import onednn
 from stau_jax import ops
 from stau_jax import outputs
@@ -212,6 +213,7 @@ def run(config, steps=5, profile_dir=None):
       'device': f'{device.platform}:{device.device_kind}',
       'compute_dtype': predictor.precision_name(config.half_precision),
       'conv_impl': ops.resolve_conv_impl(config.model.conv_impl),
+      'huge_pages': host_memory.huge_pages_enabled(),
       'params': predictor.count_params(params),
       'batch_size': batch,
       'total_length': data.total_length,

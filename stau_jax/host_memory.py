@@ -1,4 +1,4 @@
-"""Host memory: keep freed memory for reuse instead of unmapping it (glibc).
+"""Host memory: fewer page faults for XLA:CPU's large temporaries (glibc).
 
 XLA:CPU allocates a call's temporaries as one block (1.5 GB for a
 configs/mmnist.py training step at batch 8) and frees it when the call
@@ -15,12 +15,26 @@ of 2.4 GB resident; docs/speed.md). So it is opt-in:
 STAU_JAX_RETAIN_HOST_MEMORY=1 in the environment of any `python -m
 stau_jax.X` program (cli.run calls `apply_environment`), or
 `retain_freed_memory()` in a notebook before JAX runs anything.
+
+Huge pages, the default for programs: each call still maps its temporaries
+afresh, but in 2 MB pages, 512 times fewer faults (mmnist, batch 8: float32
+training steps 4.74 -> 4.40 s, resident memory unchanged). glibc asks the
+kernel for transparent huge pages only under its `glibc.malloc.hugetlb=1`
+tunable, read at process start, so `python -m stau_jax.X` restarts itself
+once with it (`restart_with_huge_pages`, from the package's __init__ before
+anything heavy is imported) where the kernel gives huge pages on request
+(transparent_hugepage 'madvise'). STAU_JAX_HUGE_PAGES=0 turns it off; in a
+notebook, start Python with GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
 """
 import ctypes
 import os
 import platform
+import sys
 
 ENABLE_VARIABLE = 'STAU_JAX_RETAIN_HOST_MEMORY'
+HUGE_PAGES_VARIABLE = 'STAU_JAX_HUGE_PAGES'
+HUGE_PAGES_TUNABLE = 'glibc.malloc.hugetlb=1'
+_THP_MODE_FILE = '/sys/kernel/mm/transparent_hugepage/enabled'
 # mallopt parameters and values (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1  # Heap top kept when freed: with -1 (SIZE_MAX) all.
 _M_MMAP_MAX = -4  # Blocks served by mmap at most at once: 0, none.
@@ -52,3 +66,64 @@ def apply_environment():
   whether it was applied."""
   return (os.environ.get(ENABLE_VARIABLE, '0') == '1'
           and retain_freed_memory())
+
+
+def huge_pages_enabled(environ=os.environ):
+  """Whether glibc's huge-page tunable is in the environment (as it was at
+  this process's start, for the current process)."""
+  return HUGE_PAGES_TUNABLE in environ.get('GLIBC_TUNABLES', '').split(':')
+
+
+def _glibc_version():
+  """(major, minor) of the running glibc, or None."""
+  try:
+    name, version = os.confstr('CS_GNU_LIBC_VERSION').split()
+  except (AttributeError, ValueError, OSError):
+    return None
+  if name != 'glibc':
+    return None
+  return tuple(int(part) for part in version.split('.')[:2])
+
+
+def _thp_mode():
+  """The kernel's transparent-huge-page mode ('always', 'madvise', 'never'),
+  or None where it has none."""
+  try:
+    with open(_THP_MODE_FILE) as f:
+      text = f.read()
+  except OSError:
+    return None
+  start, end = text.find('['), text.find(']')
+  return text[start + 1:end] if 0 <= start < end else None
+
+
+def huge_pages_environment(environ, glibc_version, thp_mode):
+  """The environment to restart a program in so that glibc maps large blocks
+  in huge pages, or None where that would change nothing: not glibc 2.35+
+  (the first with the tunable), a kernel that gives huge pages always or
+  never (only 'madvise' waits for glibc's request), the tunable already
+  there, or STAU_JAX_HUGE_PAGES=0."""
+  if (glibc_version is None or glibc_version < (2, 35)
+      or thp_mode != 'madvise' or huge_pages_enabled(environ)
+      or environ.get(HUGE_PAGES_VARIABLE, '1') == '0'):
+    return None
+  tunables = environ.get('GLIBC_TUNABLES')
+  return {**environ, 'GLIBC_TUNABLES': (
+      f'{tunables}:{HUGE_PAGES_TUNABLE}' if tunables else HUGE_PAGES_TUNABLE)}
+
+
+def restart_with_huge_pages():
+  """Replaces the process by itself, same command line, with glibc's
+  huge-page tunable, when Python is resolving a `python -m stau_jax...`
+  program (sys.argv[0] is '-m' only then) and `huge_pages_environment`
+  says so. Never in a notebook or any importing program."""
+  if sys.argv[:1] != ['-m'] or not getattr(sys, 'orig_argv', None):
+    return
+  environment = huge_pages_environment(os.environ, _glibc_version(),
+                                       _thp_mode())
+  if environment is None:
+    return
+  try:
+    os.execve(sys.executable, sys.orig_argv, environment)
+  except OSError:
+    return

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from stau_jax import benchmark
+from stau_jax import host_memory
 from stau_jax import onednn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,12 +18,14 @@ KEYS = ('train_step_s', 'forward_s', 'compile_s', 'peak_rss_mb',
 
 
 def test_cli_prints_json_last_and_writes_a_trace(tmp_path):
+  environment = {name: value for name, value in os.environ.items()
+                 if name != 'GLIBC_TUNABLES'}
   result = subprocess.run(
       [sys.executable, '-m', 'stau_jax.benchmark', '--config=configs/tiny.py',
        '--steps=1', '--config.half_precision=True',
        f'--profile_dir={tmp_path}'],
       cwd=REPO, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, PYTHONPATH=REPO))
+      env=dict(environment, PYTHONPATH=REPO))
   assert result.returncode == 0, result.stderr[-3000:]
   stats = json.loads(result.stdout.strip().splitlines()[-1])
   for key in KEYS:
@@ -33,6 +36,11 @@ def test_cli_prints_json_last_and_writes_a_trace(tmp_path):
   assert stats['compute_dtype'] == 'bfloat16 convolutions, float32 math'
   if stats['device'].startswith('cpu'):
     assert stats['peak_device_mb'] is None
+  # Started without glibc's tunable, the program restarted itself with it
+  # where the kernel gives huge pages on request.
+  assert stats['huge_pages'] == (host_memory.huge_pages_environment(
+      environment, host_memory._glibc_version(), host_memory._thp_mode())
+                                 is not None)
   traces = [name for _, _, names in os.walk(tmp_path) for name in names]
   assert 'perfetto_trace.json.gz' in traces
 
