@@ -98,3 +98,51 @@ def test_full_resolution_convolution_computes_frame_channels_only():
                   if eqn.primitive.name == 'conv_general_dilated']
   assert conv_outputs == [(2, 8, 8, HIDDEN), (2, 16, 16, FRAME_CHANNELS)], (
       conv_outputs)
+
+
+def _plain_encoder(params, frame, num_downsample):
+  leaky = lambda x: jnp.where(x > 0, x, 0.2 * x)  # noqa: E731
+  x = leaky(frame @ params['embed']['kernel'][0, 0] + params['embed']['bias'])
+  features = [x]
+  for i in range(num_downsample):
+    down = params[f'down_{i}']
+    x = leaky(lax.conv_general_dilated(
+        x, down['kernel'], (2, 2), ((1, 1), (1, 1)),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        precision=lax.Precision.HIGHEST) + down['bias'])
+    features.append(x)
+  return features
+
+
+@pytest.mark.parametrize('num_downsample', [0, 1, 2])
+@pytest.mark.parametrize('recompute', [False, True])
+def test_encoder_is_its_layers_and_recomputes_full_resolution(num_downsample,
+                                                              recompute):
+  """The encoder against its layers written out plainly, values and
+  gradients; with `recompute_full_resolution` (and a stride-2 conv) the
+  backward pass keeps no (B, H, W, C) array."""
+  encoder = frontends.Encoder(HIDDEN, num_downsample, models.conv_factory(),
+                              recompute_full_resolution=recompute)
+  frame = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 1))
+  params = encoder.init(jax.random.PRNGKey(1), frame)['params']
+  assert set(params) == {'embed'} | {f'down_{i}' for i in range(num_downsample)}
+  params = perturb.perturb(params, 0.3, 2)
+
+  def loss(apply, params):
+    return sum(jnp.sum(jnp.sin(x)) for x in apply(params))
+
+  ours = lambda p: encoder.apply({'params': p}, frame)  # noqa: E731
+  plain = lambda p: _plain_encoder(p, frame, num_downsample)  # noqa: E731
+  for a, b in zip(ours(params), plain(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  got = jax.grad(functools.partial(loss, ours))(params)
+  want = jax.grad(functools.partial(loss, plain))(params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+  # Only the top features enter the loss, as in the predictor (no recall).
+  _, backward = jax.vjp(lambda p: jnp.sum(ours(p)[-1]), params)
+  kept = [leaf.shape for leaf in jax.tree.leaves(backward)]
+  full_resolution = (2, 16, 16, HIDDEN)
+  assert (full_resolution in kept) == (not recompute or num_downsample == 0), (
+      kept)

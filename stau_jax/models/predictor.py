@@ -65,8 +65,8 @@ def resolve_remat(remat='auto'):
 
   'cells' recomputes each layer's normalization, gates and attention in the
   backward pass from its saved convolution outputs instead of storing every
-  intermediate: on the CPU a little faster and much less memory
-  (docs/speed.md). Not yet measured on GPU, so 'none' stays the default there.
+  intermediate, and the encoder's full-resolution features from the frame:
+  on the CPU a little faster and much less memory (docs/speed.md). Not yet measured on GPU, so 'none' stays the default there.
   """
   return ops.resolve_auto('remat', remat, REMATS, 'none', cpu='cells')
 
@@ -567,7 +567,8 @@ def create_model(config, half_precision=False):
                                      operand_dtype=operand_dtype)
   frame_channels = model.patch_size**2 * config.data.channels
   encoder, decoder, in_features = frontends.build(
-      model, frame_channels, conv, conv_transpose)
+      model, frame_channels, conv, conv_transpose,
+      recompute_full_resolution=resolve_remat(model.remat) == 'cells')
   entry = registry.get(model.cell)
   groups = entry.layer_groups(model, conv, norm_factory(dtype))
   auxiliary_loss = (entry.auxiliary_loss(model, conv)
