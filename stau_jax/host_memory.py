@@ -24,7 +24,9 @@ tunable, read at process start, so `python -m stau_jax.X` restarts itself
 once with it (`restart_with_huge_pages`, from the package's __init__ before
 anything heavy is imported) where the kernel gives huge pages on request
 (transparent_hugepage 'madvise'). STAU_JAX_HUGE_PAGES=0 turns it off; in a
-notebook, start Python with GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
+notebook, start Python with GLIBC_TUNABLES=glibc.malloc.hugetlb=1. With
+huge pages, retaining freed memory no longer pays; it stays for kernels
+without transparent huge pages.
 """
 import ctypes
 import os
@@ -117,7 +119,8 @@ def restart_with_huge_pages():
   huge-page tunable, when Python is resolving a `python -m stau_jax...`
   program (sys.argv[0] is '-m' only then) and `huge_pages_environment`
   says so. Never in a notebook or any importing program."""
-  if sys.argv[:1] != ['-m'] or not getattr(sys, 'orig_argv', None):
+  if (sys.argv[:1] != ['-m'] or not getattr(sys, 'orig_argv', None)
+      or not sys.executable):
     return
   environment = huge_pages_environment(os.environ, _glibc_version(),
                                        _thp_mode())
