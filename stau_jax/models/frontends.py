@@ -41,8 +41,9 @@ class Encoder(nn.Module):
     if self.recompute_full_resolution and self.num_downsample:
       # The first stride-2 conv is inside the recomputed part, so it is
       # what reads the full-resolution features; its output is kept.
-      features, first_down = nn.remat(_embed_and_first_down)(self, frame)
-      features = [features, nn.leaky_relu(first_down, 0.2)]
+      full_resolution, first_down = nn.remat(_embed_and_first_down)(
+          self, frame)
+      features = [full_resolution, nn.leaky_relu(first_down, 0.2)]
     else:
       features = [_embed(self, frame)]
     for i in range(len(features) - 1, self.num_downsample):

@@ -66,7 +66,8 @@ def resolve_remat(remat='auto'):
   'cells' recomputes each layer's normalization, gates and attention in the
   backward pass from its saved convolution outputs instead of storing every
   intermediate, and the encoder's full-resolution features from the frame:
-  on the CPU a little faster and much less memory (docs/speed.md). Not yet measured on GPU, so 'none' stays the default there.
+  on the CPU a little faster and much less memory (docs/speed.md). Not yet
+  measured on GPU, so 'none' stays the default there.
   """
   return ops.resolve_auto('remat', remat, REMATS, 'none', cpu='cells')
 
