@@ -30,7 +30,6 @@ without transparent huge pages.
 """
 import ctypes
 import os
-import platform
 import sys
 
 ENABLE_VARIABLE = 'STAU_JAX_RETAIN_HOST_MEMORY'
@@ -45,6 +44,17 @@ _M_ARENA_MAX = -8  # Heaps ("arenas") for all threads: 1, the main heap,
 _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
 
 
+def _glibc_version():
+  """(major, minor) of the running glibc, or None."""
+  try:
+    name, version = os.confstr('CS_GNU_LIBC_VERSION').split()
+  except (AttributeError, ValueError, OSError):
+    return None
+  if name != 'glibc':
+    return None
+  return tuple(int(part) for part in version.split('.')[:2])
+
+
 def retain_freed_memory():
   """Sets glibc's malloc to serve every block from its one main heap and
   never return freed memory to the system.
@@ -56,7 +66,7 @@ def retain_freed_memory():
   Returns:
     True if the settings were applied.
   """
-  if platform.libc_ver()[0] != 'glibc':
+  if _glibc_version() is None:
     return False
   mallopt = ctypes.CDLL(None).mallopt
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -74,17 +84,6 @@ def huge_pages_enabled(environ=os.environ):
   """Whether glibc's huge-page tunable is in the environment (as it was at
   this process's start, for the current process)."""
   return HUGE_PAGES_TUNABLE in environ.get('GLIBC_TUNABLES', '').split(':')
-
-
-def _glibc_version():
-  """(major, minor) of the running glibc, or None."""
-  try:
-    name, version = os.confstr('CS_GNU_LIBC_VERSION').split()
-  except (AttributeError, ValueError, OSError):
-    return None
-  if name != 'glibc':
-    return None
-  return tuple(int(part) for part in version.split('.')[:2])
 
 
 def _thp_mode():
